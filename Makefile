@@ -1,0 +1,49 @@
+# BrainSynth developer targets. Everything installs into ./.venv; run `make help`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build that lies on these machines' disk; the GPU image installs a CUDA build instead (docker/).
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= out/demo-cohort
+
+.PHONY: help install test test-slow lint format demo clean
+
+help:
+	@echo "make demo   - install, then sample a small cohort with the demo model into $(DEMO_OUT)"
+	@echo "make test   - install, then run the default test suite"
+	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
+	@echo "make lint   - ruff check + format check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# pytest exits 5 when it collected no tests: treat that as a failure, not a pass.
+test: install
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install
+	$(BIN)/brainsynth models
+	rm -rf $(DEMO_OUT)
+	$(BIN)/brainsynth sample --model demo --n 4 --seed 7 --age-range 50 80 --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

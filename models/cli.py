@@ -1,0 +1,218 @@
+"""The ``brainsynth`` command line: list and import models, sample cohorts to BIDS folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from models.cohort import CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv, write_cohort
+from models.errors import BrainSynthError
+from models.networks import parameter_counts
+from models.presets import ukb
+from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
+from models.sampling import DEFAULT_STEPS, SAMPLERS
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (printed as one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="brainsynth", description="Synthetic brain MRI cohorts (Pinaya et al. 2022 LDM).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    models = commands.add_parser("models", help="list registered models (or import one)")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
+    imp = models_sub.add_parser("import-bundle", help="import the released MONAI bundle weights")
+    imp.add_argument("bundle_dir", type=Path, help="folder with autoencoder.pt + model.pt (or the .pth names)")
+    imp.add_argument("--name", default="ukb", help="name to register the model under (default: ukb)")
+    imp.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="import files whose md5 differs from the published one (recorded as unverified)",
+    )
+
+    sample = commands.add_parser("sample", help="generate a cohort and write it as a BIDS dataset")
+    sample.add_argument("--model", required=True, help="registered model name or model directory")
+    sample.add_argument("--n", type=int, help="number of subjects (not needed with --subjects)")
+    sample.add_argument("--seed", type=int, required=True, help="cohort seed (subject seeds derive from it)")
+    sample.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
+    age = sample.add_mutually_exclusive_group()
+    age.add_argument("--age", type=float, metavar="A", help="age in years for every subject")
+    age.add_argument("--age-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform age range, years")
+    sample.add_argument("--sex", choices=("F", "M", "mixed"), default="mixed", help="default: mixed")
+    sample.add_argument(
+        "--female-fraction", type=float, default=0.5, help="share of females when --sex mixed (default 0.5)"
+    )
+    vent = sample.add_mutually_exclusive_group()
+    vent.add_argument("--ventricular-volume", type=float, metavar="V", help="ventricular CSF volume, mm3")
+    vent.add_argument("--ventricular-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
+    brain = sample.add_mutually_exclusive_group()
+    brain.add_argument("--brain-volume", type=float, metavar="B", help="head-size-normalised brain volume, mm3")
+    brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
+    sample.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
+    sample.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    sample.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50)")
+    sample.add_argument("--batch-size", type=int, default=1, help="subjects per UNet call (result unchanged)")
+    sample.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    sample.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
+    sample.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
+    return parser
+
+
+def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
+    config = entry.config
+    ranges = config.conditioning
+    weights = config.weights
+    return {
+        "name": entry.name,
+        "version": config.version,
+        "ready": entry.ready,
+        "directory": str(entry.directory) if entry.directory else None,
+        "weights_verified": bool(weights and weights.autoencoder.verified and weights.unet.verified),
+        "parameters": parameter_counts(config),
+        "image_shape": list(config.image_shape),
+        "voxel_size_mm": list(config.voxel_size_mm),
+        "latent_shape": list(config.latent_shape),
+        "conditioning": {
+            "sex": ["F", "M"],
+            **{
+                field: {"min": spec.min, "max": spec.max, "unit": spec.unit}
+                for field, spec in (
+                    ("age", ranges.age),
+                    ("ventricular_volume_mm3", ranges.ventricular_volume_mm3),
+                    ("brain_volume_mm3", ranges.brain_volume_mm3),
+                )
+            },
+        },
+        "intended_use": config.intended_use,
+    }
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "import-bundle":
+        from models.bundle import import_bundle
+
+        dest = user_models_dir() / args.name
+        config = ukb().model_copy(update={"name": args.name})
+        registered = import_bundle(args.bundle_dir, dest, config, trust_unverified=args.trust_unverified)
+        assert registered.weights is not None
+        state = "verified" if registered.weights.unet.verified else "UNVERIFIED"
+        print(f"imported {args.name} ({state}) into {dest}")
+        return 0
+    summaries = [_entry_summary(e) for e in list_models()]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    print(f"{'name':<12} {'status':<11} {'autoencoder':>12} {'unet':>12}  {'image (voxel mm)':<22} age / ventricles / brain")
+    for s in summaries:
+        c = s["conditioning"]
+        status = "ready" if s["ready"] else "no weights"
+        image = "x".join(map(str, s["image_shape"])) + f" ({s['voxel_size_mm'][0]:g})"
+        ranges = " / ".join(f"{c[f]['min']:g}-{c[f]['max']:g} {c[f]['unit']}"
+                            for f in ("age", "ventricular_volume_mm3", "brain_volume_mm3"))
+        p = s["parameters"]
+        print(f"{s['name']:<12} {status:<11} {p['autoencoder']:>12,} {p['unet']:>12,}  {image:<22} {ranges}")
+    return 0
+
+
+def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
+    if value is not None:
+        return Span.fixed(value)
+    if pair is not None:
+        return Span(pair[0], pair[1])
+    return None
+
+
+def _subjects_from_args(args: argparse.Namespace, ranges: Any) -> list[SubjectSpec]:
+    if args.subjects is not None:
+        fixed = [args.age, args.age_range, args.ventricular_volume, args.ventricular_range, args.brain_volume,
+                 args.brain_range]
+        if any(v is not None for v in fixed) or args.sex != "mixed":
+            raise UsageError("--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range")
+        subjects = read_subjects_tsv(args.subjects, args.seed)
+        if args.n is not None and args.n != len(subjects):
+            raise UsageError(f"--n {args.n} but {args.subjects} lists {len(subjects)} subjects")
+        return subjects
+    if args.n is None:
+        raise UsageError("--n is required unless --subjects is given")
+    female_fraction = {"F": 1.0, "M": 0.0}.get(args.sex, args.female_fraction)
+    design = CohortDesign(
+        n_subjects=args.n,
+        seed=args.seed,
+        female_fraction=female_fraction,
+        age=_span(args.age, args.age_range),
+        ventricular_volume_mm3=_span(args.ventricular_volume, args.ventricular_range),
+        brain_volume_mm3=_span(args.brain_volume, args.brain_range),
+    )
+    return design_subjects(design, ranges, extrapolate=args.extrapolate)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models.config import read_model_config
+    from models.pipeline import BrainLDMPipeline
+    from models.sampling import build_scheduler
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
+    model_dir = resolve_model_dir(args.model)
+    config = read_model_config(model_dir)
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
+    build_scheduler(config.scheduler, args.sampler, steps)  # validate before loading weights
+    subjects = _subjects_from_args(args, config.conditioning)
+    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
+    total = len(subjects) * (steps + 1)
+    with tqdm(total=total, unit="step", desc=f"sampling {len(subjects)} subjects", file=sys.stderr) as bar:
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        write_cohort(
+            pipeline,
+            subjects,
+            args.out,
+            sampler=args.sampler,
+            num_inference_steps=steps,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            extrapolate=args.extrapolate,
+            callback=progress,
+        )
+    print(f"wrote {len(subjects)} subjects ({config.name}, {args.sampler} {steps} steps) to {args.out.resolve()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainsynth`` console script."""
+    try:
+        args = _build_parser().parse_args(argv)
+        if args.command == "models":
+            return _cmd_models(args)
+        return _cmd_sample(args)
+    except UsageError as err:
+        print(f"brainsynth: error: {err}", file=sys.stderr)
+        return 2
+    except (BrainSynthError, OSError) as err:
+        print(f"brainsynth: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("brainsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

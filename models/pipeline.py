@@ -1,0 +1,165 @@
+"""The sampling pipeline: validated conditioning -> seeded latent diffusion -> decoded volumes.
+
+Follows the sampling procedure of Pinaya et al. 2022 and the MONAI bundle's ``scripts/sampler.py``
+(DDIM, 50 steps, eta 0, latent decoded without rescaling for the ``ukb`` model), batched over subjects
+with one generator per subject (see :mod:`models.sampling` for the noise contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+from models.conditioning import Covariates, normalise
+from models.config import ModelConfig, read_model_config
+from models.errors import SamplingError, WeightsError
+from models.networks import build_autoencoder, build_unet
+from models.sampling import DEFAULT_STEPS, build_scheduler, denoise, subject_generator
+from models.weights import load_state_dict_strict, read_state_dict, verify_sha256
+
+#: ``callback(done, total)``: work units done so far; one unit per subject per denoising step and one
+#: per decoded subject.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SubjectSample:
+    """One generated subject: the volume as decoded (not clamped) and how it was made."""
+
+    volume: np.ndarray
+    seed: int
+    covariates: Covariates
+    conditioning: tuple[float, float, float, float]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``cpu``, ``cuda``/``cuda:N``, or ``None`` for CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise SamplingError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise SamplingError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SamplingError("device 'cuda' was requested but PyTorch sees no CUDA GPU here; use --device cpu")
+    return resolved
+
+
+class BrainLDMPipeline:
+    """A loaded model ready to sample: autoencoder + conditioned UNet + its configuration."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        autoencoder: AutoencoderKL,
+        unet: DiffusionModelUNet,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.autoencoder = autoencoder.to(self.device).eval()
+        self.unet = unet.to(self.device).eval()
+
+    @classmethod
+    def from_dir(cls, model_dir: Path | str, device: str | None = "cpu") -> BrainLDMPipeline:
+        """Load a model directory, checking each weight file's sha256 against ``model.json`` first."""
+        model_dir = Path(model_dir)
+        config = read_model_config(model_dir)
+        if config.weights is None:
+            raise WeightsError(f"{model_dir}/model.json lists no weights: the model has not been trained or imported")
+        torch_device = resolve_device(device)
+        autoencoder = build_autoencoder(config)
+        unet = build_unet(config)
+        for module, entry, what in (
+            (autoencoder, config.weights.autoencoder, "autoencoder"),
+            (unet, config.weights.unet, "unet"),
+        ):
+            path = model_dir / entry.file
+            verify_sha256(path, entry.sha256)
+            load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
+        return cls(config, autoencoder, unet, torch_device)
+
+    def __call__(
+        self,
+        covariates: Sequence[Covariates],
+        seeds: Sequence[int],
+        *,
+        sampler: str = "ddim",
+        num_inference_steps: int | None = None,
+        eta: float = 0.0,
+        batch_size: int = 1,
+        extrapolate: bool = False,
+        callback: ProgressCallback | None = None,
+    ) -> list[SubjectSample]:
+        """Sample one volume per subject.
+
+        Args:
+            covariates: per-subject conditioning in physical units.
+            seeds: per-subject seeds (the same seed and conditioning give the same volume).
+            sampler: ``ddim``, ``ddpm`` or ``pndm``.
+            num_inference_steps: denoising steps; defaults to 50 (DDIM, PNDM) or 1000 (DDPM).
+            eta: DDIM stochasticity (0 = deterministic, the bundle's setting).
+            batch_size: subjects per UNet call; does not change the result.
+            extrapolate: allow covariates beyond the training range (bounded, see ``models.conditioning``).
+            callback: progress as ``callback(done, total)``.
+
+        Returns:
+            One :class:`SubjectSample` per subject, in input order.
+        """
+        steps = num_inference_steps if num_inference_steps is not None else DEFAULT_STEPS.get(sampler, 50)
+        build_scheduler(self.config.scheduler, sampler, steps)  # validates sampler and steps up front
+        if len(covariates) != len(seeds):
+            raise SamplingError(f"{len(covariates)} subjects but {len(seeds)} seeds")
+        if batch_size < 1:
+            raise SamplingError(f"batch size must be at least 1, got {batch_size}")
+        if eta < 0 or (eta > 0 and sampler != "ddim"):
+            raise SamplingError(f"eta must be >= 0 and is only used by ddim, got {eta} for {sampler}")
+        vectors = [normalise(c, self.config.conditioning, extrapolate=extrapolate) for c in covariates]
+        generators = [subject_generator(s) for s in seeds]
+
+        total = len(seeds) * (steps + 1)
+        done = 0
+        results: list[SubjectSample] = []
+        with torch.inference_mode():
+            for start in range(0, len(seeds), batch_size):
+                stop = min(start + batch_size, len(seeds))
+                width = stop - start
+
+                def on_step(_step: int, _total: int, width: int = width) -> None:
+                    nonlocal done
+                    done += width
+                    if callback is not None:
+                        callback(done, total)
+
+                conditioning = torch.tensor(vectors[start:stop], dtype=torch.float32, device=self.device)
+                latents = denoise(
+                    self.unet,
+                    build_scheduler(self.config.scheduler, sampler, steps),
+                    sampler,
+                    conditioning,
+                    generators[start:stop],
+                    self.config.latent_shape,
+                    eta=eta,
+                    callback=on_step,
+                )
+                for offset in range(width):
+                    volume = self.decode(latents[offset : offset + 1])
+                    index = start + offset
+                    results.append(SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index]))
+                    done += 1
+                    if callback is not None:
+                        callback(done, total)
+        return results
+
+    def decode(self, latent: torch.Tensor) -> np.ndarray:
+        """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor."""
+        with torch.inference_mode():
+            image = self.autoencoder.decode_stage_2_outputs(latent / self.config.scale_factor)
+        return image[0, 0].float().cpu().numpy()

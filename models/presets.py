@@ -1,0 +1,95 @@
+"""Built-in model presets: the paper's ``ukb`` configuration and the small CPU ``demo`` configuration.
+
+``ukb`` is exactly the MONAI bundle ``brain_image_synthesis_latent_diffusion_model`` (``autoencoder_def``,
+``diffusion_def`` and scheduler of ``configs/inference.json``), i.e. the model of Pinaya et al. 2022:
+AutoencoderKL 13,766,248 parameters, DiffusionModelUNet 553,168,899 parameters, 160x224x160 at 1 mm,
+latent 3x20x28x20, scaled-linear betas 0.0015-0.0205 over 1000 steps, epsilon prediction, scale factor 1.0.
+
+``demo`` keeps the topology and the hybrid conditioning at 2 mm with narrow networks, so that it trains
+and samples on a laptop CPU (issue "Train and ship the demo model" trains it).
+"""
+
+from __future__ import annotations
+
+from models.conditioning import UKB_RANGES
+from models.config import ModelConfig, SchedulerConfig
+from models.nifti import grid_affine
+
+UKB_AUTOENCODER = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 1,
+    "latent_channels": 3,
+    "channels": [64, 128, 128, 128],
+    "num_res_blocks": 2,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-06,
+    "attention_levels": [False, False, False, False],
+    "with_encoder_nonlocal_attn": False,
+    "with_decoder_nonlocal_attn": False,
+}
+
+UKB_DIFFUSION = {
+    "spatial_dims": 3,
+    "in_channels": 7,
+    "out_channels": 3,
+    "channels": [256, 512, 768],
+    "num_res_blocks": 2,
+    "attention_levels": [False, True, True],
+    "norm_num_groups": 32,
+    "norm_eps": 1e-06,
+    "resblock_updown": True,
+    "num_head_channels": [0, 512, 768],
+    "with_conditioning": True,
+    "transformer_num_layers": 1,
+    "cross_attention_dim": 4,
+    "upcast_attention": True,
+    "use_flash_attention": False,
+}
+
+RESEARCH_USE = "synthetic data for research use only; not for clinical use"
+
+
+def ukb() -> ModelConfig:
+    """The released UK Biobank model of Pinaya et al. 2022 (weights via ``brainsynth models import-bundle``)."""
+    return ModelConfig(
+        name="ukb",
+        version="1.0.0",
+        description="Brain LDM of Pinaya et al. 2022 (arXiv:2209.07162), trained on 31,740 UK Biobank T1w "
+        "head images; MONAI bundle brain_image_synthesis_latent_diffusion_model",
+        intended_use=RESEARCH_USE,
+        autoencoder=UKB_AUTOENCODER,
+        diffusion=UKB_DIFFUSION,
+        scheduler=SchedulerConfig(),
+        scale_factor=1.0,
+        conditioning=UKB_RANGES,
+        image_shape=(160, 224, 160),
+        voxel_size_mm=(1.0, 1.0, 1.0),
+        affine=grid_affine(1.0),
+    )
+
+
+def demo() -> ModelConfig:
+    """A small model with the paper's topology at 2 mm, for CPUs (trained on phantoms, not on people)."""
+    return ModelConfig(
+        name="demo",
+        version="0.1.0",
+        description="Small brain LDM with the topology of Pinaya et al. 2022 at 2 mm, for CPU demos",
+        intended_use=RESEARCH_USE + "; a demonstration model, not a model of real anatomy",
+        autoencoder={**UKB_AUTOENCODER, "channels": [32, 64, 64, 64]},
+        diffusion={
+            **UKB_DIFFUSION,
+            "channels": [64, 128],
+            "attention_levels": [False, True],
+            "num_head_channels": [0, 128],
+        },
+        scheduler=SchedulerConfig(),
+        scale_factor=1.0,
+        conditioning=UKB_RANGES,
+        image_shape=(80, 112, 80),
+        voxel_size_mm=(2.0, 2.0, 2.0),
+        affine=grid_affine(2.0),
+    )
+
+
+PRESETS = {"ukb": ukb, "demo": demo}

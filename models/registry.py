@@ -1,0 +1,84 @@
+"""Where models live: registered model directories, the shipped zoo, and the built-in presets.
+
+A name resolves, in order, to a directory path given directly, a directory under the user's model root
+(``$BRAINSYNTH_MODELS_DIR``, default ``~/.local/share/brainsynth/models``), or a directory shipped in
+``models/zoo/``. A preset with no imported or trained weights is listed but cannot be sampled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.config import MODEL_JSON, ModelConfig, read_model_config
+from models.errors import ModelNotFoundError
+from models.presets import PRESETS
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+
+
+def user_models_dir() -> Path:
+    """The directory that ``import-bundle`` and training register models into."""
+    configured = os.environ.get("BRAINSYNTH_MODELS_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".local" / "share" / "brainsynth" / "models"
+
+
+def _search_roots() -> list[Path]:
+    return [user_models_dir(), ZOO_DIR]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model known by name: its config and, if it has weights, its directory."""
+
+    name: str
+    config: ModelConfig
+    directory: Path | None
+
+    @property
+    def ready(self) -> bool:
+        return self.directory is not None and self.config.weights is not None
+
+
+def list_models() -> list[ModelEntry]:
+    """Every registered or shipped model directory, then presets that have none, sorted by name."""
+    entries: dict[str, ModelEntry] = {}
+    for root in _search_roots():
+        if not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            if (child / MODEL_JSON).is_file() and child.name not in entries:
+                entries[child.name] = ModelEntry(child.name, read_model_config(child), child)
+    for name, preset in PRESETS.items():
+        entries.setdefault(name, ModelEntry(name, preset(), None))
+    return [entries[name] for name in sorted(entries)]
+
+
+def resolve_model_dir(name_or_dir: str | Path) -> Path:
+    """The model directory for a name or a path.
+
+    Raises:
+        ModelNotFoundError: nothing by that name has weights here; the message says how to get them.
+    """
+    path = Path(name_or_dir).expanduser()
+    if (path / MODEL_JSON).is_file():
+        return path
+    name = str(name_or_dir)
+    for root in _search_roots():
+        if (root / name / MODEL_JSON).is_file():
+            return root / name
+    if name == "ukb":
+        raise ModelNotFoundError(
+            "model 'ukb' has no weights here: download the released bundle files (autoencoder.pt, model.pt) "
+            "and run `brainsynth models import-bundle DIR`"
+        )
+    if name in PRESETS:
+        raise ModelNotFoundError(
+            f"model {name!r} is a preset without trained weights in this installation: "
+            "pass a model directory with weights (--model DIR)"
+        )
+    known = ", ".join(entry.name for entry in list_models())
+    raise ModelNotFoundError(f"no model or model directory named {name!r} (known models: {known})")

@@ -1,0 +1,1 @@
+"""BrainSynth HTTP API (FastAPI). Never imports torch or ``models``; built in the service issue."""
