@@ -114,13 +114,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
-    print(f"{'name':<12} {'status':<11} {'autoencoder':>12} {'unet':>12}  {'image (voxel mm)':<22} age / ventricles / brain")
+    header = ("name", "status", "autoencoder", "unet", "image (voxel mm)", "age / ventricles / brain")
+    print(f"{header[0]:<12} {header[1]:<11} {header[2]:>12} {header[3]:>12}  {header[4]:<22} {header[5]}")
     for s in summaries:
         c = s["conditioning"]
         status = "ready" if s["ready"] else "no weights"
         image = "x".join(map(str, s["image_shape"])) + f" ({s['voxel_size_mm'][0]:g})"
-        ranges = " / ".join(f"{c[f]['min']:g}-{c[f]['max']:g} {c[f]['unit']}"
-                            for f in ("age", "ventricular_volume_mm3", "brain_volume_mm3"))
+        ranges = " / ".join(
+            f"{c[f]['min']:,.8g}-{c[f]['max']:,.8g} {c[f]['unit']}"
+            for f in ("age", "ventricular_volume_mm3", "brain_volume_mm3")
+        )
         p = s["parameters"]
         print(f"{s['name']:<12} {status:<11} {p['autoencoder']:>12,} {p['unet']:>12,}  {image:<22} {ranges}")
     return 0
@@ -136,10 +139,18 @@ def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
 
 def _subjects_from_args(args: argparse.Namespace, ranges: Any) -> list[SubjectSpec]:
     if args.subjects is not None:
-        fixed = [args.age, args.age_range, args.ventricular_volume, args.ventricular_range, args.brain_volume,
-                 args.brain_range]
+        fixed = [
+            args.age,
+            args.age_range,
+            args.ventricular_volume,
+            args.ventricular_range,
+            args.brain_volume,
+            args.brain_range,
+        ]
         if any(v is not None for v in fixed) or args.sex != "mixed":
-            raise UsageError("--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range")
+            raise UsageError(
+                "--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range"
+            )
         subjects = read_subjects_tsv(args.subjects, args.seed)
         if args.n is not None and args.n != len(subjects):
             raise UsageError(f"--n {args.n} but {args.subjects} lists {len(subjects)} subjects")

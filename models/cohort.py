@@ -72,7 +72,9 @@ class SubjectSpec:
     seed: int
 
 
-def design_subjects(design: CohortDesign, ranges: ConditioningRanges, *, extrapolate: bool = False) -> list[SubjectSpec]:
+def design_subjects(
+    design: CohortDesign, ranges: ConditioningRanges, *, extrapolate: bool = False
+) -> list[SubjectSpec]:
     """Draw every subject's covariates and seed; validates everything before anything is generated.
 
     Raises:
@@ -91,7 +93,9 @@ def design_subjects(design: CohortDesign, ranges: ConditioningRanges, *, extrapo
             spec = ranges.covariate(field)
             span = Span(spec.min, spec.max)
         if not (math.isfinite(span.lo) and math.isfinite(span.hi)) or span.lo > span.hi:
-            raise ConditioningError(field, f"range must be two finite numbers with low <= high, got {span.lo}-{span.hi}")
+            raise ConditioningError(
+                field, f"range must be two finite numbers with low <= high, got {span.lo}-{span.hi}"
+            )
         # Both ends must be valid conditioning: checked with the sex fixed, as sex does not affect ranges.
         for end in (span.lo, span.hi):
             probe = {f: (end if f == field else ranges.covariate(f).min) for f in FIELDS[1:]}
@@ -182,7 +186,7 @@ def write_cohort(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dataset_description.json").write_text(dumps(dataset_description(config, cohort_name)))
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
-    settings = SamplerSettings(sampler, num_inference_steps, 0.0, dtype)
+    settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype)
     affine = np.asarray(config.affine)
     records: list[SubjectRecord] = []
     total = len(subjects) * (num_inference_steps + 1)

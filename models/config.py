@@ -82,9 +82,7 @@ class ModelConfig(BaseModel):
             raise ValueError(f"image_shape {self.image_shape} must be divisible by the autoencoder factor {factor}")
         unet_factor = 2 ** (len(unet["channels"]) - 1)
         if any((s // factor) % unet_factor for s in self.image_shape):
-            raise ValueError(
-                f"latent shape {self.latent_shape} must be divisible by the UNet factor {unet_factor}"
-            )
+            raise ValueError(f"latent shape {self.latent_shape} must be divisible by the UNet factor {unet_factor}")
         if unet["in_channels"] != ae["latent_channels"] + 4:
             raise ValueError("diffusion in_channels must be latent_channels + 4 (hybrid conditioning)")
         if unet["out_channels"] != ae["latent_channels"]:
@@ -113,7 +111,10 @@ def _check_network_kwargs(autoencoder: dict[str, Any], diffusion: dict[str, Any]
     import torch
     from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
-    for label, cls, kwargs in (("autoencoder", AutoencoderKL, autoencoder), ("diffusion", DiffusionModelUNet, diffusion)):
+    for label, cls, kwargs in (
+        ("autoencoder", AutoencoderKL, autoencoder),
+        ("diffusion", DiffusionModelUNet, diffusion),
+    ):
         try:
             with torch.device("meta"):
                 cls(**kwargs)

@@ -144,8 +144,13 @@ def denoise(
             # One step per subject so that each draws its noise from its own CPU generator.
             latents = torch.cat(
                 [
-                    scheduler.step(eps[i : i + 1].cpu(), int(t), latents[i : i + 1].cpu(), generator=generators[i],
-                                   **step_kwargs)[0]
+                    scheduler.step(
+                        eps[i : i + 1].cpu(),
+                        int(t),
+                        latents[i : i + 1].cpu(),
+                        generator=generators[i],
+                        **step_kwargs,
+                    )[0]
                     for i in range(batch)
                 ]
             ).to(device)

@@ -1,0 +1,177 @@
+"""``brainsynth sample``: writes a cohort; bad arguments give one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_a_cohort(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cohort"
+    code, stdout, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--n",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--age-range",
+            "60",
+            "70",
+            "--sex",
+            "F",
+            "--ventricular-volume",
+            "30000",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--dtype",
+            "uint8",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    assert str(out.resolve()) in stdout and "wrote 3 subjects" in stdout
+    assert "sampling 3 subjects" in stderr  # the progress bar
+    with open(out / "participants.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == 3
+    assert {r["sex"] for r in rows} == {"F"}
+    assert all(60 <= float(r["age"]) <= 70 for r in rows)
+    assert {float(r["ventricular_volume_mm3"]) for r in rows} == {30000.0}
+    assert len(list(out.glob("sub-*/anat/sub-*_T1w.nii.gz"))) == 3
+
+
+def test_sample_from_a_subjects_file(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "subjects.tsv"
+    table.write_text(
+        "age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\n63\tF\t30000\t1500000\n70\tm\t45000\t1400000\n"
+    )
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--subjects",
+            str(table),
+            "--steps",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [(r["age"], r["sex"]) for r in rows] == [("63.0", "F"), ("70.0", "M")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--n", "2", "--age", "30"], "age: 30.0 years is outside the training range 44-82 years"),
+        (["--n", "2", "--age", "120", "--extrapolate"], "age: 120.0 years is beyond the extrapolation limit"),
+        (["--n", "2", "--brain-range", "1e6", "1.5e6"], "brain_volume_mm3"),
+        (["--n", "2", "--ventricular-range", "50000", "20000"], "ventricular_volume_mm3: range must be"),
+        (["--n", "0"], "n_subjects: must be between 1 and"),
+        (["--n", "2", "--female-fraction", "2"], "female_fraction"),
+        (["--n", "2", "--sampler", "ddpm", "--steps", "10"], "steps must be 1000 for ddpm"),
+        (["--n", "2", "--steps", "0"], "steps must be between 1 and 1000"),
+        (["--n", "2", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--n", "2", "--sampler", "euler"], "argument --sampler: invalid choice"),
+        (["--n", "two"], "argument --n: invalid int value"),
+        (["--n", "2", "--age", "50", "--age-range", "50", "60"], "not allowed with argument"),
+        ([], "--n is required unless --subjects is given"),
+        (["--n", "2", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
+    ],
+)
+def test_bad_arguments_give_one_line(
+    extra: list[str], expected: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--seed", "1", "--out", str(out), *extra], capsys)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("brainsynth: error:") and expected in lines[0]
+    assert not (out / "participants.tsv").exists()
+
+
+def test_model_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["sample", "--n", "1", "--seed", "1", "--out", str(tmp_path / "o")]
+    code, _, stderr = _run([*base, "--model", "ukb"], capsys)
+    assert code == 1 and "brainsynth models import-bundle" in stderr and stderr.count("\n") == 1
+    code, _, stderr = _run([*base, "--model", "nosuch"], capsys)
+    assert code == 1 and "no model or model directory named 'nosuch'" in stderr
+
+
+def test_non_empty_out_and_conflicting_subjects(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("")
+    code, _, stderr = _run(
+        ["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", "--out", str(used)], capsys
+    )
+    assert code == 2 and "is not an empty folder" in stderr
+    code, _, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "n"),
+            "--subjects",
+            str(tmp_path / "none.tsv"),
+            "--age",
+            "60",
+        ],
+        capsys,
+    )
+    assert code == 2 and "do not combine" in stderr
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
+    """The installed entry point, as users run it."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "brainsynth"),
+            "sample",
+            "--model",
+            "demo",
+            "--n",
+            "1",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"BRAINSYNTH_MODELS_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.startswith("brainsynth: error:")

@@ -1,0 +1,179 @@
+"""The seeded, batched sampler: noise contract, determinism, batch identity, the bundle's loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler
+
+from models.conditioning import Covariates, normalise
+from models.config import SchedulerConfig
+from models.errors import SamplingError
+from models.pipeline import BrainLDMPipeline
+from models.sampling import build_scheduler, initial_latent, subject_generator, subject_seed
+from tests.conftest import tiny_config, tiny_networks
+
+SUBJECTS = [
+    Covariates("F", 60.0, 30000.0, 1500000.0),
+    Covariates("M", 75.0, 80000.0, 1300000.0),
+    Covariates("F", 48.0, 12000.0, 1650000.0),
+]
+SEEDS = [11, 22, 33]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> BrainLDMPipeline:
+    # A short training schedule keeps the 1:1 DDPM chain quick on a CPU.
+    config = tiny_config().model_copy(update={"scheduler": SchedulerConfig(num_train_timesteps=100)})
+    autoencoder, unet = tiny_networks(config)
+    return BrainLDMPipeline(config, autoencoder, unet, "cpu")
+
+
+def test_subject_seed_is_documented_function() -> None:
+    import hashlib
+
+    digest = hashlib.sha256(b"brainsynth-subject:7:0").digest()
+    assert subject_seed(7, 0) == int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    seeds = {subject_seed(7, i) for i in range(1000)}
+    assert len(seeds) == 1000
+    assert subject_seed(7, 3) != subject_seed(8, 3)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_initial_latent_follows_the_noise_contract() -> None:
+    expected = torch.randn((1, 3, 8, 12, 8), generator=torch.Generator("cpu").manual_seed(5), dtype=torch.float32)
+    assert torch.equal(initial_latent(subject_generator(5), (3, 8, 12, 8)), expected)
+
+
+def test_shapes_and_metadata(pipeline: BrainLDMPipeline) -> None:
+    samples = pipeline(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2)
+    assert [s.volume.shape for s in samples] == [(16, 24, 16)] * 2
+    assert all(s.volume.dtype == np.float32 for s in samples)
+    assert [s.seed for s in samples] == SEEDS[:2]
+    assert samples[1].conditioning == normalise(SUBJECTS[1], pipeline.config.conditioning)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "pndm", "ddpm"])
+def test_same_seed_same_volume_other_seed_differs(pipeline: BrainLDMPipeline, sampler: str) -> None:
+    steps = 100 if sampler == "ddpm" else 8
+    first = pipeline(SUBJECTS[:1], [1], sampler=sampler, num_inference_steps=steps)[0].volume
+    again = pipeline(SUBJECTS[:1], [1], sampler=sampler, num_inference_steps=steps)[0].volume
+    other = pipeline(SUBJECTS[:1], [2], sampler=sampler, num_inference_steps=steps)[0].volume
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-2
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "pndm", "ddpm"])
+def test_subject_is_the_same_alone_or_in_a_batch(pipeline: BrainLDMPipeline, sampler: str) -> None:
+    steps = 100 if sampler == "ddpm" else 10
+    batched = pipeline(SUBJECTS, SEEDS, sampler=sampler, num_inference_steps=steps, batch_size=3)
+    for index in range(3):
+        alone = pipeline([SUBJECTS[index]], [SEEDS[index]], sampler=sampler, num_inference_steps=steps)[0]
+        assert np.abs(batched[index].volume - alone.volume).max() <= 1e-5
+
+
+def test_ddim_with_eta_draws_noise_from_the_subject_generator(pipeline: BrainLDMPipeline) -> None:
+    batched = pipeline(SUBJECTS, SEEDS, num_inference_steps=6, eta=1.0, batch_size=3)
+    alone = pipeline(SUBJECTS[2:], SEEDS[2:], num_inference_steps=6, eta=1.0)[0]
+    deterministic = pipeline(SUBJECTS[2:], SEEDS[2:], num_inference_steps=6)[0]
+    assert np.abs(batched[2].volume - alone.volume).max() <= 1e-5
+    assert np.abs(alone.volume - deterministic.volume).max() > 1e-3
+
+
+def test_conditioning_changes_the_output(pipeline: BrainLDMPipeline) -> None:
+    young = pipeline([Covariates("F", 45.0, 30000.0, 1500000.0)], [3], num_inference_steps=5)[0].volume
+    old = pipeline([Covariates("F", 80.0, 30000.0, 1500000.0)], [3], num_inference_steps=5)[0].volume
+    assert np.abs(young - old).max() > 1e-3
+
+
+def test_progress_callback_counts_every_step_and_decode(pipeline: BrainLDMPipeline) -> None:
+    calls: list[tuple[int, int]] = []
+    pipeline(SUBJECTS, SEEDS, num_inference_steps=4, batch_size=2, callback=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (15, 15)  # 3 subjects x (4 steps + 1 decode)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len(calls) == 4 + 2 + 4 + 1  # steps and decodes of the batches of 2 and 1
+
+
+def _bundle_reference_loop(pipeline: BrainLDMPipeline, covariates: Covariates, seed: int) -> np.ndarray:
+    """The MONAI bundle's ``scripts/sampler.py`` as described in the spec (section 3.6), batch 1."""
+    config = pipeline.config
+    scheduler = DDIMScheduler(
+        num_train_timesteps=config.scheduler.num_train_timesteps,
+        schedule="scaled_linear_beta",
+        beta_start=0.0015,
+        beta_end=0.0205,
+        clip_sample=False,
+    )
+    stride = config.scheduler.num_train_timesteps // 10
+    scheduler.set_timesteps(10)
+    scheduler.timesteps = torch.from_numpy((np.arange(0, 10) * stride)[::-1].copy())  # the bundle era's DDIM
+    conditioning = torch.tensor([normalise(covariates, config.conditioning)], dtype=torch.float32).unsqueeze(1)
+    image = torch.randn((1, *config.latent_shape), generator=torch.Generator("cpu").manual_seed(seed))
+    with torch.no_grad():
+        cond_concat = conditioning.squeeze(1)[:, :, None, None, None].expand(-1, -1, *config.latent_shape[1:])
+        for t in scheduler.timesteps:
+            model_output = pipeline.unet(
+                torch.cat((image, cond_concat), dim=1),
+                timesteps=torch.Tensor((t,)).long(),
+                context=conditioning,
+            )
+            image, _ = scheduler.step(model_output, t, image)
+        return pipeline.autoencoder.decode_stage_2_outputs(image)[0, 0].numpy()
+
+
+def test_matches_the_bundle_sampling_loop(pipeline: BrainLDMPipeline) -> None:
+    for index in (0, 1):
+        reference = _bundle_reference_loop(pipeline, SUBJECTS[index], SEEDS[index])
+        ours = pipeline(SUBJECTS, SEEDS, num_inference_steps=10, batch_size=3)[index].volume
+        assert np.abs(reference - ours).max() <= 1e-5
+
+
+def test_ddim_uses_the_bundle_timesteps() -> None:
+    assert build_scheduler(SchedulerConfig(), "ddim", 50).timesteps.tolist() == list(range(980, -1, -20))
+    assert build_scheduler(SchedulerConfig(), "ddim", 10).timesteps.tolist() == list(range(900, -1, -100))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampler": "euler"}, "sampler must be one of ddim, ddpm, pndm"),
+        ({"num_inference_steps": 0}, "steps must be between 1 and 100"),
+        ({"num_inference_steps": 101}, "steps must be between 1 and 100"),
+        ({"sampler": "ddpm", "num_inference_steps": 50}, "steps must be 100 for ddpm"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"sampler": "pndm", "eta": 0.5}, "eta"),
+        ({"eta": -1.0}, "eta"),
+    ],
+)
+def test_invalid_sampler_arguments(pipeline: BrainLDMPipeline, kwargs: dict, message: str) -> None:
+    with pytest.raises(SamplingError, match=message):
+        pipeline(SUBJECTS[:1], [1], **kwargs)
+
+
+def test_seed_validation(pipeline: BrainLDMPipeline) -> None:
+    with pytest.raises(SamplingError, match="seed"):
+        pipeline(SUBJECTS[:1], [-1], num_inference_steps=2)
+    with pytest.raises(SamplingError, match="1 subjects but 2 seeds"):
+        pipeline(SUBJECTS[:1], [1, 2], num_inference_steps=2)
+
+
+def test_from_dir_refuses_tampered_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.errors import WeightsError
+
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    with open(copy / "model.pt", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(WeightsError, match="sha256"):
+        BrainLDMPipeline.from_dir(copy)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tiny_model_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SamplingError, match="no CUDA GPU"):
+        BrainLDMPipeline.from_dir(tiny_model_dir, device="cuda")

@@ -1,0 +1,23 @@
+"""Import direction of the three packages (style card 1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _modules_after_import(module: str) -> set[str]:
+    code = f"import sys, importlib; importlib.import_module({module!r}); print(' '.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(result.stdout.split())
+
+
+def test_models_imports_no_service_stack() -> None:
+    loaded = _modules_after_import("models.cli")
+    for forbidden in ("celery", "fastapi", "minio", "redis", "service", "worker"):
+        assert forbidden not in loaded, forbidden
+
+
+def test_service_package_imports_no_torch() -> None:
+    loaded = _modules_after_import("service")
+    assert "torch" not in loaded and "models" not in loaded
