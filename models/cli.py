@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from models.cohort import CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv, write_cohort
+from models.config import read_model_config
 from models.errors import BrainSynthError
 from models.networks import parameter_counts
 from models.presets import ukb
@@ -67,7 +68,31 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     sample.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
     sample.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
+    phantoms = commands.add_parser("phantoms", help="write MNI152 phantoms with known volumes (training data)")
+    phantoms.add_argument("--n", type=int, required=True, help="number of phantoms")
+    phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
+    phantoms.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
+    phantoms.add_argument("--model", default="demo", help="model (name or directory) whose grid to use; default demo")
     return parser
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    try:
+        from models.phantoms import write_phantom_cohort
+    except ImportError as err:
+        raise UsageError(f"phantoms need the training extras: pip install 'brainsynth[train]' ({err})") from err
+    entry = next((e for e in list_models() if e.name == args.model), None)
+    config = entry.config if entry else read_model_config(resolve_model_dir(args.model))
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
+    with tqdm(total=args.n, unit="phantom", desc="phantoms", file=sys.stderr) as bar:
+        write_phantom_cohort(args.n, args.seed, args.out, config, callback=lambda done, _t: bar.update(done - bar.n))
+    print(f"wrote {args.n} phantoms on the {config.name} grid to {args.out.resolve()}")
+    return 0
 
 
 def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
@@ -172,7 +197,6 @@ def _subjects_from_args(args: argparse.Namespace, ranges: Any) -> list[SubjectSp
 def _cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from models.config import read_model_config
     from models.pipeline import BrainLDMPipeline
     from models.sampling import build_scheduler
 
@@ -213,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         if args.command == "models":
             return _cmd_models(args)
+        if args.command == "phantoms":
+            return _cmd_phantoms(args)
         return _cmd_sample(args)
     except UsageError as err:
         print(f"brainsynth: error: {err}", file=sys.stderr)
