@@ -87,9 +87,9 @@ class SamplerSettings:
 
 def model_hash(config: ModelConfig) -> str:
     """The model's identity for provenance: sha256 of its UNet weights (``unverified:`` if not checked)."""
-    if config.weights is None:
+    if config.weights is None or config.weights.unet is None:
         return "none"
-    prefix = "" if config.weights.unet.verified else "unverified:"
+    prefix = "" if config.weights_verified else "unverified:"
     return prefix + config.weights.unet.sha256
 
 
@@ -114,9 +114,9 @@ def dataset_description(config: ModelConfig, cohort_name: str) -> dict[str, Any]
                 "ModelVersion": config.version,
                 "ModelSHA256": {
                     "autoencoder": weights.autoencoder.sha256 if weights else None,
-                    "unet": weights.unet.sha256 if weights else None,
+                    "unet": weights.unet.sha256 if weights and weights.unet else None,
                 },
-                "WeightsVerified": bool(weights and weights.autoencoder.verified and weights.unet.verified),
+                "WeightsVerified": config.weights_verified,
             }
         ],
     }

@@ -13,7 +13,7 @@ from models.cohort import CohortDesign, Span, SubjectSpec, design_subjects, read
 from models.config import read_model_config
 from models.errors import BrainSynthError
 from models.networks import parameter_counts
-from models.presets import ukb
+from models.presets import PRESETS, ukb
 from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
 from models.sampling import DEFAULT_STEPS, SAMPLERS
 
@@ -73,7 +73,62 @@ def _build_parser() -> argparse.ArgumentParser:
     phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
     phantoms.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
     phantoms.add_argument("--model", default="demo", help="model (name or directory) whose grid to use; default demo")
+    train = commands.add_parser("train", help="train a model's autoencoder, then its diffusion UNet")
+    stages = train.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+    for stage, default_steps, default_batch in (("autoencoder", 2000, 4), ("diffusion", 4000, 16)):
+        sub = stages.add_parser(stage, help=f"train the {stage} stage (resumes from its checkpoint)")
+        sub.add_argument("--data", type=Path, required=True, help="BIDS folder with participants.tsv")
+        sub.add_argument("--model-dir", type=Path, required=True, help="model directory (created from --preset)")
+        sub.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="architecture for a new model-dir")
+        sub.add_argument("--steps", type=int, default=default_steps, help=f"optimiser steps (default {default_steps})")
+        sub.add_argument("--batch-size", type=int, default=default_batch, help=f"default {default_batch}")
+        sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
+        sub.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+        sub.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 autocast on cuda")
     return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from models.config import MODEL_JSON, write_model_config
+    from models.pipeline import resolve_device
+    from models.train.data import load_training_set
+
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    device = resolve_device(args.device)
+    if not (args.model_dir / MODEL_JSON).is_file():
+        args.model_dir.mkdir(parents=True, exist_ok=True)
+        write_model_config(args.model_dir, PRESETS[args.preset]())
+    config = read_model_config(args.model_dir)
+    data = load_training_set(args.data, config)
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    with tqdm(total=args.steps, unit="step", desc=f"training {args.stage}", file=sys.stderr) as bar:
+
+        def progress(done: int, _total: int, losses: dict[str, float]) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+
+        if args.stage == "autoencoder":
+            from models.train.autoencoder import AutoencoderSettings, train_autoencoder
+
+            path = train_autoencoder(
+                data, args.model_dir, replace(AutoencoderSettings(), **overrides), device, progress
+            )
+        else:
+            from models.train.diffusion import DiffusionSettings, train_diffusion
+
+            path = train_diffusion(data, args.model_dir, replace(DiffusionSettings(), **overrides), device, progress)
+    print(f"trained {args.stage} on {len(data.participant_ids)} subjects: {path.resolve()}")
+    return 0
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
@@ -98,13 +153,12 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
     config = entry.config
     ranges = config.conditioning
-    weights = config.weights
     return {
         "name": entry.name,
         "version": config.version,
         "ready": entry.ready,
         "directory": str(entry.directory) if entry.directory else None,
-        "weights_verified": bool(weights and weights.autoencoder.verified and weights.unet.verified),
+        "weights_verified": config.weights_verified,
         "parameters": parameter_counts(config),
         "image_shape": list(config.image_shape),
         "voxel_size_mm": list(config.voxel_size_mm),
@@ -131,8 +185,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         dest = user_models_dir() / args.name
         config = ukb().model_copy(update={"name": args.name})
         registered = import_bundle(args.bundle_dir, dest, config, trust_unverified=args.trust_unverified)
-        assert registered.weights is not None
-        state = "verified" if registered.weights.unet.verified else "UNVERIFIED"
+        state = "verified" if registered.weights_verified else "UNVERIFIED"
         print(f"imported {args.name} ({state}) into {dest}")
         return 0
     summaries = [_entry_summary(e) for e in list_models()]
@@ -239,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models(args)
         if args.command == "phantoms":
             return _cmd_phantoms(args)
+        if args.command == "train":
+            return _cmd_train(args)
         return _cmd_sample(args)
     except UsageError as err:
         print(f"brainsynth: error: {err}", file=sys.stderr)

@@ -47,10 +47,12 @@ class WeightFile(BaseModel):
 
 
 class Weights(BaseModel):
+    """The weight files of a model directory; ``unet`` is absent between the two training stages."""
+
     model_config = ConfigDict(frozen=True)
 
     autoencoder: WeightFile
-    unet: WeightFile
+    unet: WeightFile | None = None
 
 
 class ModelConfig(BaseModel):
@@ -93,6 +95,17 @@ class ModelConfig(BaseModel):
             raise ValueError("affine must be a 4x4 matrix")
         _check_network_kwargs(ae, unet)
         return self
+
+    @property
+    def is_complete(self) -> bool:
+        """Both networks have weights, so the model can sample."""
+        return self.weights is not None and self.weights.unet is not None
+
+    @property
+    def weights_verified(self) -> bool:
+        """Both weight files match published hashes (imported bundle) or were produced here (training)."""
+        w = self.weights
+        return w is not None and w.unet is not None and w.autoencoder.verified and w.unet.verified
 
     @property
     def downsampling_factor(self) -> int:

@@ -74,6 +74,10 @@ class BrainLDMPipeline:
         config = read_model_config(model_dir)
         if config.weights is None:
             raise WeightsError(f"{model_dir}/model.json lists no weights: the model has not been trained or imported")
+        if config.weights.unet is None:
+            raise WeightsError(
+                f"{model_dir} has an autoencoder but no diffusion model yet: run `brainsynth train diffusion`"
+            )
         torch_device = resolve_device(device)
         autoencoder = build_autoencoder(config)
         unet = build_unet(config)
@@ -81,6 +85,7 @@ class BrainLDMPipeline:
             (autoencoder, config.weights.autoencoder, "autoencoder"),
             (unet, config.weights.unet, "unet"),
         ):
+            assert entry is not None  # checked above
             path = model_dir / entry.file
             verify_sha256(path, entry.sha256)
             load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")

@@ -40,7 +40,7 @@ class ModelEntry:
 
     @property
     def ready(self) -> bool:
-        return self.directory is not None and self.config.weights is not None
+        return self.directory is not None and self.config.is_complete
 
 
 def list_models() -> list[ModelEntry]:
