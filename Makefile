@@ -6,13 +6,20 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-.PHONY: help install test test-slow lint format demo clean
+# How the shipped demo model (models/zoo/demo) was made; see README "The demo model".
+DEMO_DATA ?= data/phantoms-4mm
+DEMO_MODEL ?= data/demo-model
+DEMO_AE_STEPS ?= 1200
+DEMO_DIFFUSION_STEPS ?= 1500
+
+.PHONY: help install test test-slow lint format demo demo-model clean
 
 help:
 	@echo "make demo   - install, then sample a small cohort with the demo model into $(DEMO_OUT)"
 	@echo "make test   - install, then run the default test suite"
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
+	@echo "make demo-model - regenerate the phantoms and retrain the shipped demo model (CPU, ~1.5 h)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +51,15 @@ demo: install
 	$(BIN)/brainsynth models
 	rm -rf $(DEMO_OUT)
 	$(BIN)/brainsynth sample --model demo --n 4 --seed 7 --age-range 50 80 --out $(DEMO_OUT)
+
+demo-model: install
+	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)
+	$(BIN)/brainsynth train autoencoder --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
+		--steps $(DEMO_AE_STEPS) --batch-size 2 --seed 0 --device cpu
+	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
+		--steps $(DEMO_DIFFUSION_STEPS) --batch-size 16 --seed 0 --device cpu
+	mkdir -p models/zoo/demo
+	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt models/zoo/demo/
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
