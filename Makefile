@@ -31,9 +31,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The official BIDS validator (npm, legacy 1.x line) checks the datasets the tests write; optional.
+BIDS_VALIDATOR := $(VENV)/node/node_modules/.bin/bids-validator
+$(BIDS_VALIDATOR): | $(BIN)/python
+	@command -v npm >/dev/null && npm install --silent --no-audit --no-fund --prefix $(VENV)/node bids-validator@1.14.6 \
+		|| echo "bids-validator not installed (no npm or no registry): its test will be skipped"
+
 # pytest exits 5 when it collected no tests: treat that as a failure, not a pass.
-test: install
-	$(BIN)/python -m pytest -q; rc=$$?; \
+test: install $(BIDS_VALIDATOR)
+	BRAINSYNTH_BIDS_VALIDATOR=$(abspath $(BIDS_VALIDATOR)) $(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 test-slow: install

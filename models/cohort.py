@@ -21,6 +21,7 @@ from models.bids import (
     SamplerSettings,
     SubjectRecord,
     dataset_description,
+    dataset_readme,
     dumps,
     participant_id,
     participants_json,
@@ -185,6 +186,7 @@ def write_cohort(
         normalise(spec.covariates, config.conditioning, extrapolate=extrapolate)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dataset_description.json").write_text(dumps(dataset_description(config, cohort_name)))
+    (out_dir / "README").write_text(dataset_readme(config, cohort_name))
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype)
     affine = np.asarray(config.affine)

@@ -256,6 +256,11 @@ def write_phantom_cohort(
         ],
     }
     (out_dir / "dataset_description.json").write_text(dumps(description))
+    (out_dir / "README").write_text(
+        f"# {description['Name']}\n\nPhantoms made from the MNI152 2009a template (as shipped by nilearn) by "
+        "`brainsynth phantoms`: not scans of people. participants.tsv holds volumes measured on each phantom's "
+        "deformed tissue and ventricle maps; each sidecar records the targets and the seed.\n"
+    )
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     affine = np.asarray(config.affine)
     records = []

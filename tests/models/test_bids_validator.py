@@ -1,0 +1,26 @@
+"""The cohort folder passes the official BIDS validator (installed by `make test` when npm is available)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from models.cohort import CohortDesign, design_subjects, write_cohort
+from models.pipeline import BrainLDMPipeline
+
+VALIDATOR = os.environ.get("BRAINSYNTH_BIDS_VALIDATOR", "")
+
+
+@pytest.mark.skipif(not Path(VALIDATOR).is_file(), reason="bids-validator not installed (make test installs it)")
+def test_cohort_is_valid_bids(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    subjects = design_subjects(CohortDesign(2, seed=1), pipeline.config.conditioning)
+    out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2)
+    result = subprocess.run([VALIDATOR, str(out)], capture_output=True, text=True, timeout=300)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    assert "[ERR]" not in report
+    assert "2 - Subjects" in report
