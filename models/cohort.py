@@ -31,9 +31,10 @@ from models.bids import (
     t1w_sidecar,
 )
 from models.conditioning import FIELDS, ConditioningRanges, Covariates, normalise
+from models.config import ModelConfig
 from models.errors import ConditioningError
-from models.nifti import OutputDType, to_nifti, write_nifti_gz
-from models.pipeline import BrainLDMPipeline, ProgressCallback
+from models.nifti import OutputDType, nifti_gz_bytes, to_nifti
+from models.pipeline import BrainLDMPipeline, ProgressCallback, SubjectSample
 from models.sampling import subject_seed
 
 #: Most subjects one cohort may ask for.
@@ -161,6 +162,24 @@ def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
     return subjects
 
 
+def subject_files(
+    config: ModelConfig, spec: SubjectSpec, sample: SubjectSample, settings: SamplerSettings, device: str
+) -> tuple[SubjectRecord, dict[str, bytes]]:
+    """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar."""
+    record = SubjectRecord(spec.participant_id, spec.covariates, sample.conditioning, spec.seed)
+    image = to_nifti(
+        sample.volume,
+        np.asarray(config.affine),
+        settings.dtype,
+        description=f"synthetic {config.name} seed {spec.seed}",
+    )
+    sidecar = t1w_sidecar(config, record, settings, device)
+    return record, {
+        t1w_path(spec.participant_id): nifti_gz_bytes(image),
+        sidecar_path(spec.participant_id): dumps(sidecar).encode(),
+    }
+
+
 def write_cohort(
     pipeline: BrainLDMPipeline,
     subjects: Sequence[SubjectSpec],
@@ -189,7 +208,6 @@ def write_cohort(
     (out_dir / "README").write_text(dataset_readme(config, cohort_name))
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype)
-    affine = np.asarray(config.affine)
     records: list[SubjectRecord] = []
     total = len(subjects) * (num_inference_steps + 1)
     done_before = 0
@@ -211,13 +229,10 @@ def write_cohort(
         )
         done_before += len(chunk) * (num_inference_steps + 1)
         for spec, sample in zip(chunk, samples, strict=True):
-            record = SubjectRecord(spec.participant_id, spec.covariates, sample.conditioning, spec.seed)
-            image = to_nifti(sample.volume, affine, dtype, description=f"synthetic {config.name} seed {spec.seed}")
-            anat = out_dir / t1w_path(spec.participant_id)
-            anat.parent.mkdir(parents=True, exist_ok=True)
-            write_nifti_gz(anat, image)
-            sidecar = t1w_sidecar(config, record, settings, str(pipeline.device))
-            (out_dir / sidecar_path(spec.participant_id)).write_text(dumps(sidecar))
+            record, files = subject_files(config, spec, sample, settings, str(pipeline.device))
+            for relative, content in files.items():  # the sidecar comes last: it marks the subject done
+                (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (out_dir / relative).write_bytes(content)
             records.append(record)
     (out_dir / "participants.tsv").write_text(participants_tsv(records))
     return out_dir
