@@ -1,0 +1,137 @@
+"""A real Celery worker process on real Redis and S3 servers: subjects stored once, byte-identical,
+surviving a worker killed with SIGKILL mid-task (no eager mode, no stand-ins)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from models.cohort import CohortDesign, design_subjects, write_cohort
+from models.pipeline import BrainLDMPipeline
+from service.localstack import RedisServer, S3Server, start_redis
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from worker.contract import GENERATE_SUBJECT
+from worker.storage import ObjectStore
+
+REPO = Path(__file__).resolve().parents[2]
+VISIBILITY_TIMEOUT = 10
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, tiny_model_dir: Path) -> Iterator[dict]:
+    run = tmp_path_factory.mktemp("stack")
+    redis_server: RedisServer = start_redis(run / "redis")
+    models_dir = run / "models"
+    shutil.copytree(tiny_model_dir, models_dir / "tiny")
+    env = {
+        **os.environ,
+        "BRAINSYNTH_BROKER_URL": redis_server.url,
+        "BRAINSYNTH_S3_ENDPOINT": s3_server.endpoint,
+        "BRAINSYNTH_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "BRAINSYNTH_S3_SECRET_KEY": S3_SECRET_KEY,
+        "BRAINSYNTH_S3_BUCKET": "worker-tests",
+        "BRAINSYNTH_MODELS_DIR": str(models_dir),
+        "BRAINSYNTH_DEVICE": "cpu",
+        "BRAINSYNTH_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT),
+    }
+    client = Celery("client", broker=redis_server.url, backend=redis_server.url)
+    client.conf.broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    client.conf.result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    store = ObjectStore(s3_server.endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, "worker-tests")
+    yield {
+        "env": env,
+        "client": client,
+        "store": store,
+        "redis": redis_server,
+        "run": run,
+        "model": models_dir / "tiny",
+    }
+    redis_server.stop()
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+               "--without-mingle", "--without-gossip", "--loglevel=INFO"]  # fmt: skip
+    with open(log, "ab") as sink:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _job(cohort: str, index: int, steps: int, model_dir: Path) -> tuple[dict, bytes]:
+    """A subject job and the bytes its T1w must have (sampled here, undisturbed, on the same CPU)."""
+    pipeline = BrainLDMPipeline.from_dir(model_dir)
+    spec = design_subjects(CohortDesign(index + 1, seed=11), pipeline.config.conditioning)[index]
+    out = write_cohort(
+        pipeline, [spec], Path(f"/tmp/expected-{cohort}-{os.getpid()}-{index}"), num_inference_steps=steps
+    )
+    expected = (out / spec.participant_id / "anat" / f"{spec.participant_id}_T1w.nii.gz").read_bytes()
+    shutil.rmtree(out)
+    c = spec.covariates
+    payload = {"tenant": "lab-a", "cohort_id": cohort, "model": "tiny", "participant_id": spec.participant_id,
+               "sex": c.sex, "age": c.age, "ventricular_volume_mm3": c.ventricular_volume_mm3,
+               "brain_volume_mm3": c.brain_volume_mm3, "seed": spec.seed, "steps": steps}  # fmt: skip
+    return payload, expected
+
+
+def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
+    worker = _start_worker(stack["env"], stack["run"] / "worker-a.log")
+    try:
+        jobs = [_job("c-simple", i, 4, stack["model"]) for i in range(2)]
+        results = [stack["client"].send_task(GENERATE_SUBJECT, args=[payload]) for payload, _ in jobs]
+        outputs = [r.get(timeout=180) for r in results]
+        assert [o["skipped"] for o in outputs] == [False, False]
+        for (_payload, expected), output in zip(jobs, outputs, strict=True):
+            assert stack["store"].get_bytes(output["image_key"]) == expected
+            assert output["image_key"].startswith("tenants/lab-a/cohorts/c-simple/bids/sub-")
+        again = stack["client"].send_task(GENERATE_SUBJECT, args=[jobs[0][0]]).get(timeout=60)
+        assert again["skipped"] is True
+        keys = stack["store"].list_keys("tenants/lab-a/cohorts/c-simple/")
+        assert len(keys) == 4  # 2 x (NIfTI + sidecar), nothing duplicated
+    finally:
+        _stop(worker)
+
+
+def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
+    payload, expected = _job("c-killed", 0, 30, stack["model"])
+    attempts_key = f"brainsynth:attempts:lab-a:c-killed:{payload['participant_id']}"
+    broker = redis.Redis.from_url(stack["redis"].url)
+    first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
+    result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
+    deadline = time.monotonic() + 60
+    while broker.get(attempts_key) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert broker.get(attempts_key) == b"1", "the task never started"
+    first.send_signal(signal.SIGKILL)  # mid-task: killed right after the attempt was counted
+    first.wait(10)
+    assert not stack["store"].exists(
+        result_key
+        := f"tenants/lab-a/cohorts/c-killed/bids/{payload['participant_id']}/anat/{payload['participant_id']}_T1w.json"
+    )
+    second = _start_worker(stack["env"], stack["run"] / "worker-c.log")
+    try:
+        output = result.get(timeout=VISIBILITY_TIMEOUT + 300)
+        assert output["skipped"] is False
+        assert broker.get(attempts_key) == b"2"
+        assert stack["store"].get_bytes(output["image_key"]) == expected
+        assert stack["store"].exists(result_key)
+        assert len(stack["store"].list_keys("tenants/lab-a/cohorts/c-killed/")) == 2
+    finally:
+        _stop(second)

@@ -1,0 +1,33 @@
+"""Worker settings, read once from ``BRAINSYNTH_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Broker, object storage and execution limits of a GPU (or CPU) worker."""
+
+    model_config = SettingsConfigDict(env_prefix="BRAINSYNTH_", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_public_endpoint: str | None = None
+    s3_access_key: SecretStr
+    s3_secret_key: SecretStr
+    s3_bucket: str = "brainsynth"
+    s3_secure: bool = False
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
+    #: Must exceed the longest task: a task still running after it is delivered again (Celery on Redis).
+    visibility_timeout_s: int = Field(3600, ge=10)
+    task_time_limit_s: int = Field(1800, ge=10)
+    #: Deliveries of one subject before it is failed for good (a poison task ends, it does not loop).
+    max_attempts: int = Field(3, ge=1)
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    return WorkerSettings()  # type: ignore[call-arg]  # required fields come from the environment

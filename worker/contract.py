@@ -1,0 +1,36 @@
+"""Task payloads exchanged by name between the API and the workers (JSON; pydantic only, no torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Celery task names: the API sends tasks by these names and never imports the worker code.
+GENERATE_SUBJECT = "cohort.generate_subject"
+
+
+class SubjectJob(BaseModel):
+    """Generate one subject of one cohort and store its BIDS files under the cohort's prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    model: str
+    participant_id: str = Field(pattern=r"^sub-[A-Za-z0-9]+$")
+    sex: Literal["F", "M"]
+    age: float
+    ventricular_volume_mm3: float
+    brain_volume_mm3: float
+    seed: int = Field(ge=0, le=2**63 - 1)
+    sampler: Literal["ddim", "ddpm", "pndm"] = "ddim"
+    steps: int = Field(50, ge=1, le=1000)
+    dtype: Literal["float32", "uint8"] = "float32"
+    extrapolate: bool = False
+
+
+class SubjectResult(BaseModel):
+    participant_id: str
+    image_key: str
+    skipped: bool = Field(description="the subject's files already existed (a redelivered task)")

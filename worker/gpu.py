@@ -1,0 +1,15 @@
+"""One loaded model per worker process, built lazily on first use (never at import: no CUDA before fork)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from models.pipeline import BrainLDMPipeline
+from models.registry import resolve_model_dir
+from worker.config import get_settings
+
+
+@lru_cache(maxsize=2)
+def pipeline_for(model: str) -> BrainLDMPipeline:
+    """The process's pipeline for a registered model name (weights hash-checked when loaded)."""
+    return BrainLDMPipeline.from_dir(resolve_model_dir(model), device=get_settings().device)
