@@ -135,3 +135,26 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
         assert len(stack["store"].list_keys("tenants/lab-a/cohorts/c-killed/")) == 2
     finally:
         _stop(second)
+
+
+def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: dict) -> None:
+    payload, _ = _job("c-poison", 0, 30, stack["model"])
+    attempts_key = f"brainsynth:attempts:lab-a:c-poison:{payload['participant_id']}"
+    broker = redis.Redis.from_url(stack["redis"].url)
+    env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
+    first = _start_worker(env, stack["run"] / "worker-d.log")
+    result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
+    deadline = time.monotonic() + 60
+    while broker.get(attempts_key) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    second = _start_worker(env, stack["run"] / "worker-e.log")
+    try:
+        with pytest.raises(Exception, match="delivered 2 times") as info:
+            result.get(timeout=VISIBILITY_TIMEOUT + 120)
+        assert type(info.value).__name__ == "PoisonTaskError"
+        assert result.state == "FAILURE"
+        assert stack["store"].list_keys("tenants/lab-a/cohorts/c-poison/") == []
+    finally:
+        _stop(second)
