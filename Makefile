@@ -10,7 +10,7 @@ DEMO_OUT ?= out/demo-cohort
 DEMO_DATA ?= data/phantoms-4mm
 DEMO_MODEL ?= data/demo-model
 DEMO_AE_STEPS ?= 1200
-DEMO_DIFFUSION_STEPS ?= 1500
+DEMO_DIFFUSION_STEPS ?= 2400
 
 .PHONY: help install test test-slow lint format demo demo-model clean
 
