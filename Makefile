@@ -60,7 +60,7 @@ format: install
 demo: install
 	$(BIN)/brainsynth models
 	rm -rf $(DEMO_OUT)
-	$(BIN)/brainsynth sample --model demo --n 4 --seed 7 --age-range 50 80 --out $(DEMO_OUT)
+	$(BIN)/brainsynth sample --model demo --n 4 --seed 7 --age-range 50 80 --batch-size 4 --out $(DEMO_OUT)
 
 demo-model: install
 	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)
