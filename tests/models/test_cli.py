@@ -161,7 +161,7 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
             str(Path(sys.executable).parent / "brainsynth"),
             "sample",
             "--model",
-            "demo",
+            "ukb",
             "--n",
             "1",
             "--seed",
@@ -175,3 +175,4 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.startswith("brainsynth: error:")
+    assert "import-bundle" in result.stderr
