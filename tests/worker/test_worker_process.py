@@ -91,6 +91,13 @@ def _job(cohort: str, index: int, steps: int, model_dir: Path) -> tuple[dict, by
     return payload, expected
 
 
+def _wait_until_started(broker: redis.Redis, attempts_key: str) -> None:
+    """A task has started once it counted its attempt (its first action)."""
+    deadline = time.monotonic() + 60
+    while broker.get(attempts_key) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
     worker = _start_worker(stack["env"], stack["run"] / "worker-a.log")
     try:
@@ -115,9 +122,7 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     broker = redis.Redis.from_url(stack["redis"].url)
     first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
     result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
-    deadline = time.monotonic() + 60
-    while broker.get(attempts_key) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_until_started(broker, attempts_key)
     assert broker.get(attempts_key) == b"1", "the task never started"
     first.send_signal(signal.SIGKILL)  # mid-task: killed right after the attempt was counted
     first.wait(10)
@@ -144,9 +149,7 @@ def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: 
     env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
     first = _start_worker(env, stack["run"] / "worker-d.log")
     result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
-    deadline = time.monotonic() + 60
-    while broker.get(attempts_key) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_until_started(broker, attempts_key)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     second = _start_worker(env, stack["run"] / "worker-e.log")
