@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from models.cohort import CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv, write_cohort
+from models.cohort import write_cohort
 from models.config import read_model_config
+from models.design import DEFAULT_STEPS, SAMPLERS, CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv
 from models.errors import BrainSynthError
 from models.networks import parameter_counts
 from models.presets import PRESETS, ukb
 from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
-from models.sampling import DEFAULT_STEPS, SAMPLERS
 
 
 class UsageError(Exception):

@@ -93,7 +93,6 @@ class ModelConfig(BaseModel):
             raise ValueError("diffusion must use cross-attention conditioning with cross_attention_dim 4")
         if len(self.affine) != 4 or any(len(row) != 4 for row in self.affine):
             raise ValueError("affine must be a 4x4 matrix")
-        _check_network_kwargs(ae, unet)
         return self
 
     @property
@@ -135,8 +134,9 @@ def _check_network_kwargs(autoencoder: dict[str, Any], diffusion: dict[str, Any]
             raise ValueError(f"{label} network kwargs are invalid: {err}") from err
 
 
-def read_model_config(model_dir: Path) -> ModelConfig:
-    """Read and validate ``model_dir/model.json``.
+def read_model_config(model_dir: Path, *, check_networks: bool = True) -> ModelConfig:
+    """Read and validate ``model_dir/model.json``; with ``check_networks`` MONAI also validates the network
+    kwargs (imports torch; the API server reads model directories without it).
 
     Raises:
         ModelConfigError: the file is missing or invalid; the message says which and why.
@@ -145,9 +145,12 @@ def read_model_config(model_dir: Path) -> ModelConfig:
     if not path.is_file():
         raise ModelConfigError(f"{path} not found: a model directory needs a {MODEL_JSON}")
     try:
-        return ModelConfig.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as err:
+        config = ModelConfig.model_validate(json.loads(path.read_text()))
+        if check_networks:
+            _check_network_kwargs(config.autoencoder, config.diffusion)
+    except (json.JSONDecodeError, ValidationError, ValueError) as err:
         raise ModelConfigError(f"{path} is not a valid model description: {err}") from err
+    return config
 
 
 def write_model_config(model_dir: Path, config: ModelConfig) -> Path:

@@ -32,18 +32,18 @@ from models.bids import (
     BIDS_VERSION,
     SubjectRecord,
     dumps,
+    package_version,
     participant_id,
     participants_json,
     participants_tsv,
     sidecar_path,
-    software_version,
     t1w_path,
 )
 from models.conditioning import Covariates, normalise
 from models.config import ModelConfig
+from models.design import subject_seed
 from models.errors import ConditioningError
 from models.nifti import to_nifti, write_nifti_gz
-from models.sampling import subject_seed
 
 #: Phantoms are sampled at this many points per output voxel and axis, then averaged.
 _SUPERSAMPLE = 2
@@ -250,7 +250,7 @@ def write_phantom_cohort(
         "GeneratedBy": [
             {
                 "Name": "BrainSynth phantoms",
-                "Version": software_version(),
+                "Version": package_version(),
                 "Description": "MNI152 template deformed per covariates; volumes measured on deformed maps",
             }
         ],

@@ -17,9 +17,10 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from models.conditioning import Covariates, normalise
 from models.config import ModelConfig, read_model_config
+from models.design import DEFAULT_STEPS
 from models.errors import SamplingError, WeightsError
 from models.networks import build_autoencoder, build_unet
-from models.sampling import DEFAULT_STEPS, build_scheduler, denoise, subject_generator
+from models.sampling import build_scheduler, denoise, subject_generator
 from models.weights import load_state_dict_strict, read_state_dict, verify_sha256
 
 #: ``callback(done, total)``: work units done so far; one unit per subject per denoising step and one

@@ -43,15 +43,20 @@ class ModelEntry:
         return self.directory is not None and self.config.is_complete
 
 
-def list_models() -> list[ModelEntry]:
-    """Every registered or shipped model directory, then presets that have none, sorted by name."""
+def list_models(*, check_networks: bool = True) -> list[ModelEntry]:
+    """Every registered or shipped model directory, then presets that have none, sorted by name.
+
+    ``check_networks=False`` reads the directories without torch (the API server's view).
+    """
     entries: dict[str, ModelEntry] = {}
     for root in _search_roots():
         if not root.is_dir():
             continue
         for child in sorted(root.iterdir()):
             if (child / MODEL_JSON).is_file() and child.name not in entries:
-                entries[child.name] = ModelEntry(child.name, read_model_config(child), child)
+                entries[child.name] = ModelEntry(
+                    child.name, read_model_config(child, check_networks=check_networks), child
+                )
     for name, preset in PRESETS.items():
         entries.setdefault(name, ModelEntry(name, preset(), None))
     return [entries[name] for name in sorted(entries)]

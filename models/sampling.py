@@ -2,7 +2,7 @@
 
 Noise contract (recorded per subject in its sidecar as ``Seed``):
 
-- a subject's seed derives from the cohort seed and its index by :func:`subject_seed`;
+- a subject's seed derives from the cohort seed and its index by :func:`models.design.subject_seed`;
 - its initial latent is ``torch.randn((1, *latent_shape), generator=torch.Generator("cpu").manual_seed(seed),
   dtype=torch.float32)``, created on the CPU and moved to the device afterwards;
 - any per-step noise (DDPM; DDIM with eta > 0) is drawn from the same CPU generator, in step order.
@@ -16,40 +16,22 @@ of shape (B, 1, 4).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, Scheduler
 
 from models.config import SchedulerConfig
+from models.design import SEED_MASK, check_sampler
 from models.errors import SamplingError
-
-SamplerName = Literal["ddim", "ddpm", "pndm"]
-SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "pndm")
-#: Steps used when the caller gives none: the paper's DDIM setting, full-length DDPM, and PLMS' usual 50.
-DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "ddpm": 1000, "pndm": 50}
 
 #: ``callback(step, total)`` is called after each denoising step (1-based).
 StepCallback = Callable[[int, int], None]
 
-_SEED_MASK = (1 << 63) - 1
-
-
-def subject_seed(cohort_seed: int, index: int) -> int:
-    """Seed of subject ``index`` (0-based) of a cohort: the first 8 bytes of
-    ``sha256(f"brainsynth-subject:{cohort_seed}:{index}")``, big-endian, masked to 63 bits.
-
-    Stable across platforms and Python versions; distinct indices give unrelated seeds.
-    """
-    digest = hashlib.sha256(f"brainsynth-subject:{int(cohort_seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & _SEED_MASK
-
 
 def subject_generator(seed: int) -> torch.Generator:
     """The CPU generator that drives all of one subject's randomness."""
-    if not 0 <= int(seed) <= _SEED_MASK:
+    if not 0 <= int(seed) <= SEED_MASK:
         raise SamplingError(f"seed must be an integer in [0, 2**63 - 1], got {seed}")
     return torch.Generator("cpu").manual_seed(int(seed))
 
@@ -68,16 +50,8 @@ def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: 
     at each step (0 = deterministic, as in the bundle). DDPM runs all T steps (MONAI's DDPM step assumes
     consecutive timesteps). PNDM runs as PLMS (``skip_prk_steps``), the usual few-step setting.
     """
-    if sampler not in SAMPLERS:
-        raise SamplingError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    check_sampler(sampler, num_inference_steps, config.num_train_timesteps)
     total = config.num_train_timesteps
-    if not 1 <= num_inference_steps <= total:
-        raise SamplingError(f"steps must be between 1 and {total} for {sampler}, got {num_inference_steps}")
-    if sampler == "ddpm" and num_inference_steps != total:
-        raise SamplingError(
-            f"steps must be {total} for ddpm (its update assumes consecutive timesteps); "
-            "use --sampler ddim or pndm for fewer steps"
-        )
     common = {
         "num_train_timesteps": config.num_train_timesteps,
         "schedule": config.schedule,

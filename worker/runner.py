@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.bids import SamplerSettings, sidecar_path, t1w_path
-from models.cohort import SubjectSpec, subject_files
+from models.cohort import subject_files
 from models.conditioning import Covariates
+from models.design import SubjectSpec
 from models.pipeline import BrainLDMPipeline
 from worker.contract import SubjectJob, SubjectResult
 from worker.storage import ObjectStore, cohort_prefix

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from models.cohort import read_subjects_tsv
 from models.conditioning import normalise
 from models.config import ModelConfig
+from models.design import read_subjects_tsv
 from models.errors import BrainSynthError
 
 

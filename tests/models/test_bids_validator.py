@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.cohort import CohortDesign, design_subjects, write_cohort
+from models.cohort import write_cohort
+from models.design import CohortDesign, design_subjects
 from models.pipeline import BrainLDMPipeline
 
 VALIDATOR = os.environ.get("BRAINSYNTH_BIDS_VALIDATOR", "")

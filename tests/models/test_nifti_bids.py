@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from models.bids import PARTICIPANT_COLUMNS
-from models.cohort import CohortDesign, Span, design_subjects, read_subjects_tsv, write_cohort
+from models.cohort import write_cohort
 from models.conditioning import UKB_RANGES
+from models.design import CohortDesign, Span, design_subjects, read_subjects_tsv
 from models.errors import ConditioningError
 from models.nifti import grid_affine, nifti_gz_bytes, to_nifti
 from models.pipeline import BrainLDMPipeline

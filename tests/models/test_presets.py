@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 
 from models.cli import main
-from models.config import ModelConfig
+from models.config import ModelConfig, read_model_config
+from models.errors import ModelConfigError
 from models.networks import parameter_counts
 from models.presets import demo, ukb
 from models.sampling import build_scheduler
@@ -49,7 +51,7 @@ def test_demo_preset_keeps_topology_at_2mm_or_coarser() -> None:
     assert counts["unet"] < parameter_counts(paper)["unet"] / 20
 
 
-def test_model_json_round_trip_and_validation() -> None:
+def test_model_json_round_trip_and_validation(tmp_path: Path) -> None:
     config = ukb()
     assert ModelConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
     broken = config.model_dump(mode="json")
@@ -58,8 +60,10 @@ def test_model_json_round_trip_and_validation() -> None:
         ModelConfig.model_validate(broken)
     broken = config.model_dump(mode="json")
     broken["diffusion"]["attention_levels"] = [False, True]
-    with pytest.raises(ValidationError, match="diffusion network kwargs are invalid"):
-        ModelConfig.model_validate(broken)
+    (tmp_path / "model.json").write_text(json.dumps(broken))
+    assert read_model_config(tmp_path, check_networks=False).diffusion["attention_levels"] == [False, True]
+    with pytest.raises(ModelConfigError, match="diffusion network kwargs are invalid"):
+        read_model_config(tmp_path)
 
 
 def test_cli_models_json_lists_ukb_with_exact_counts(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,9 +11,10 @@ from monai.networks.schedulers import DDIMScheduler
 
 from models.conditioning import Covariates, normalise
 from models.config import SchedulerConfig
+from models.design import subject_seed
 from models.errors import SamplingError
 from models.pipeline import BrainLDMPipeline
-from models.sampling import build_scheduler, initial_latent, subject_generator, subject_seed
+from models.sampling import build_scheduler, initial_latent, subject_generator
 from tests.conftest import tiny_config, tiny_networks
 
 SUBJECTS = [

@@ -16,7 +16,8 @@ import pytest
 import redis
 from celery import Celery
 
-from models.cohort import CohortDesign, design_subjects, write_cohort
+from models.cohort import write_cohort
+from models.design import CohortDesign, design_subjects
 from models.pipeline import BrainLDMPipeline
 from service.localstack import RedisServer, S3Server, start_redis
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
