@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.config import get_settings
+from worker.config import WorkerSettings, get_settings
 
 
-def create_app() -> Celery:
-    settings = get_settings()
+def create_app(settings: WorkerSettings) -> Celery:
+    """The Celery app for ``settings`` (the API builds its own from its settings to send tasks)."""
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": 2,
@@ -36,8 +36,10 @@ def create_app() -> Celery:
         accept_content=["json"],
         result_expires=7 * 24 * 3600,
         worker_hijack_root_logger=False,
+        result_backend_always_retry=True,  # ride out a Redis restart instead of failing the task
+        result_backend_max_retries=20,
     )
     return app
 
 
-app = create_app()
+app = create_app(get_settings())

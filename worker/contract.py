@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECT = "cohort.generate_subject"
+FINALIZE_COHORT = "cohort.finalize"
 
 
 class SubjectJob(BaseModel):
@@ -33,4 +34,16 @@ class SubjectJob(BaseModel):
 class SubjectResult(BaseModel):
     participant_id: str
     image_key: str
-    skipped: bool = Field(description="the subject's files already existed (a redelivered task)")
+    outcome: Literal["stored", "already_stored", "not_run"] = Field(
+        description="stored now; already stored (a redelivered task); not run (cohort canceled, failed or deleted)"
+    )
+
+
+class FinalizeJob(BaseModel):
+    """Write a cohort's dataset-level files and its manifest once every subject has settled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    model: str

@@ -1,21 +1,37 @@
-"""Plain logic of a subject task: sample -> BIDS files -> object storage; idempotent by key."""
+"""Plain logic of the worker's tasks (no Celery here): sample a subject into object storage; finalise a cohort.
+
+Both are idempotent: keys are deterministic, a subject's sidecar is written last and marks it stored, and a
+cohort's manifest is written last and marks the dataset complete.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 
-from models.bids import SamplerSettings, sidecar_path, t1w_path
+from models.bids import (
+    SamplerSettings,
+    SubjectRecord,
+    dataset_description,
+    dataset_readme,
+    dumps,
+    participants_json,
+    participants_tsv,
+    sidecar_path,
+    t1w_path,
+)
 from models.cohort import subject_files
 from models.conditioning import Covariates
+from models.config import ModelConfig
 from models.design import SubjectSpec
 from models.pipeline import BrainLDMPipeline
-from worker.contract import SubjectJob, SubjectResult
-from worker.storage import ObjectStore, cohort_prefix
+from worker.contract import FinalizeJob, SubjectJob, SubjectResult
+from worker.state import MANIFEST, StoredCohort, bids_prefix, cohort_json_key
+from worker.storage import ObjectStore
 
-
-def bids_prefix(job: SubjectJob) -> str:
-    """Where the cohort's BIDS dataset lives in the bucket."""
-    return cohort_prefix(job.tenant, job.cohort_id) + "bids/"
+#: Default dataset name when the request gives none.
+DEFAULT_COHORT_NAME = "BrainSynth synthetic cohort"
 
 
 def generate_subject(
@@ -26,10 +42,10 @@ def generate_subject(
     Keys are deterministic and the bytes depend only on the job, so a redelivered task either skips or
     rewrites identical objects: a subject is never duplicated or changed.
     """
-    prefix = bids_prefix(job)
+    prefix = bids_prefix(job.tenant, job.cohort_id)
     image_key = prefix + t1w_path(job.participant_id)
     if store.exists(prefix + sidecar_path(job.participant_id)):
-        return SubjectResult(participant_id=job.participant_id, image_key=image_key, skipped=True)
+        return SubjectResult(participant_id=job.participant_id, image_key=image_key, outcome="already_stored")
     pipeline = pipeline_for(job.model)
     covariates = Covariates(job.sex, job.age, job.ventricular_volume_mm3, job.brain_volume_mm3)
     sample = pipeline(
@@ -41,4 +57,48 @@ def generate_subject(
     for relative, content in files.items():  # NIfTI first, sidecar last
         content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
         store.put_bytes(prefix + relative, content, content_type)
-    return SubjectResult(participant_id=job.participant_id, image_key=image_key, skipped=False)
+    return SubjectResult(participant_id=job.participant_id, image_key=image_key, outcome="stored")
+
+
+def _record_from_sidecar(participant: str, sidecar: dict) -> SubjectRecord:
+    c = sidecar["Conditioning"]
+    covariates = Covariates(c["sex"], c["age"], c["ventricular_volume_mm3"], c["brain_volume_mm3"])
+    values = tuple(float(v) for v in c["normalised"]["values"])
+    return SubjectRecord(participant, covariates, values, int(sidecar["Seed"]))  # type: ignore[arg-type]
+
+
+def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -> list[str]:
+    """Write the dataset-level BIDS files for the subjects stored so far, then the manifest (last).
+
+    participants.tsv is rebuilt from the stored sidecars, so it lists exactly the subjects present (all of
+    them for a succeeded cohort; the finished ones for a canceled or failed one). Returns their ids.
+    """
+    prefix = bids_prefix(job.tenant, job.cohort_id)
+    stored = StoredCohort.model_validate_json(store.get_bytes(cohort_json_key(job.tenant, job.cohort_id)))
+    name = str(stored.request.get("name") or DEFAULT_COHORT_NAME)
+    keys = set(store.list_keys(prefix))
+    records = []
+    for subject in stored.subjects:
+        key = prefix + sidecar_path(subject.participant_id)
+        if key in keys:
+            records.append(_record_from_sidecar(subject.participant_id, json.loads(store.get_bytes(key))))
+    dataset_files = {
+        "dataset_description.json": dumps(dataset_description(config, name)),
+        "README": dataset_readme(config, name),
+        "participants.json": dumps(participants_json(config)),
+        "participants.tsv": participants_tsv(records),
+        ".bidsignore": MANIFEST + "\n",
+    }
+    for relative, text in dataset_files.items():
+        store.put_bytes(prefix + relative, text.encode(), "text/plain")
+    lines = []
+    for key in store.list_keys(prefix):
+        relative = key[len(prefix) :]
+        if relative == MANIFEST:
+            continue
+        digest = hashlib.sha256()
+        for chunk in store.stream(key):
+            digest.update(chunk)
+        lines.append(f"{digest.hexdigest()}  {relative}\n")
+    store.put_bytes(prefix + MANIFEST, "".join(lines).encode(), "text/plain")
+    return [r.participant_id for r in records]

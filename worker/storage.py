@@ -146,12 +146,18 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
-    def list_keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix``, sorted."""
+    def list_objects(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, size in bytes) of every object under ``prefix``, sorted by key."""
         return self._retry(
             f"list {prefix}",
-            lambda: sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix, recursive=True)),
+            lambda: sorted(
+                (o.object_name, int(o.size or 0)) for o in self.client.list_objects(self.bucket, prefix, recursive=True)
+            ),
         )
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, sorted."""
+        return [key for key, _ in self.list_objects(prefix)]
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many there were."""

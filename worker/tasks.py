@@ -1,19 +1,29 @@
-"""Thin Celery tasks: parse the payload, count the attempt, call :mod:`worker.runner`."""
+"""Thin Celery tasks: parse the payload, keep the cohort's state, call :mod:`worker.runner`.
+
+A subject task settles its subject exactly once in the cohort's state (stored, not run, or failed); the
+task that settles the last subject queues the cohort's finalisation, which writes the manifest last.
+"""
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Task
 
+from models.config import read_model_config
+from models.errors import BrainSynthError
+from models.registry import resolve_model_dir
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.contract import GENERATE_SUBJECT, SubjectJob
+from worker.contract import FINALIZE_COHORT, GENERATE_SUBJECT, FinalizeJob, SubjectJob, SubjectResult
 from worker.gpu import pipeline_for
-from worker.runner import generate_subject
+from worker.runner import finalize_cohort, generate_subject
+from worker.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
 from worker.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 
 class PoisonTaskError(RuntimeError):
@@ -36,27 +46,78 @@ def object_store() -> ObjectStore:
 
 
 @lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().broker_url)
+def cohort_state() -> CohortState:
+    return CohortState(connect(get_settings().broker_url))
 
 
 def count_attempt(job: SubjectJob) -> int:
     """Record one more delivery of ``job``; the count lives in Redis for a week."""
     key = f"brainsynth:attempts:{job.tenant}:{job.cohort_id}:{job.participant_id}"
-    client = _redis()
+    client = cohort_state().redis
     attempts = int(client.incr(key))
     client.expire(key, 7 * 24 * 3600)
     return attempts
+
+
+def _settle(record: CohortRecord, participant: str) -> None:
+    """Count ``participant`` as settled; the task that settles the last subject queues finalisation."""
+    if cohort_state().settle(record.id, participant) >= record.total:
+        finalize = FinalizeJob(tenant=record.tenant, cohort_id=record.id, model=record.model)
+        app.send_task(FINALIZE_COHORT, args=[finalize.model_dump()])
+
+
+def _fail(record: CohortRecord, participant: str, reason: str) -> None:
+    state = cohort_state()
+    error = f"{participant}: {reason}"
+    if state.transition(record, Status.FAILED, allowed_from={Status.QUEUED, Status.RUNNING}, error=error):
+        write_final_state(object_store(), state.get(record.id) or record)
+    _settle(record, participant)
 
 
 @app.task(name=GENERATE_SUBJECT, bind=True)
 def generate_subject_task(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Generate one subject (idempotent: a redelivered subject is skipped or rewritten byte for byte)."""
     job = SubjectJob.model_validate(payload)
+    state, store = cohort_state(), object_store()
+    record = state.get(job.cohort_id) or recover_cohort(state, store, job.tenant, job.cohort_id)
+    not_run = SubjectResult(participant_id=job.participant_id, image_key="", outcome="not_run").model_dump()
+    if record is None or record.tenant != job.tenant:
+        log.info("cohort %s no longer exists: %s not run", job.cohort_id, job.participant_id)
+        return not_run
+    if record.status in FINAL:  # canceled, or failed by another subject: queued subjects are not run
+        _settle(record, job.participant_id)
+        return not_run
     attempts = count_attempt(job)
-    if attempts > get_settings().max_attempts:
-        raise PoisonTaskError(
-            f"{job.participant_id} of cohort {job.cohort_id} was delivered {attempts} times "
-            f"(limit {get_settings().max_attempts}): giving up on it"
-        )
-    return generate_subject(job, object_store(), pipeline_for).model_dump()
+    limit = get_settings().max_attempts
+    if attempts > limit:
+        reason = f"delivered {attempts} times (limit {limit}): it keeps stopping its worker; giving up on it"
+        _fail(record, job.participant_id, reason)
+        raise PoisonTaskError(f"{job.participant_id} of cohort {job.cohort_id} was {reason}")
+    state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
+    try:
+        result = generate_subject(job, store, pipeline_for)
+    except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
+        _fail(record, job.participant_id, str(err))
+        raise
+    state.mark_done(record.id, job.participant_id)
+    _settle(record, job.participant_id)
+    return result.model_dump()
+
+
+@app.task(name=FINALIZE_COHORT)
+def finalize_cohort_task(payload: dict[str, Any]) -> list[str]:
+    """Write participants.tsv and the other dataset files, then the manifest; mark the cohort succeeded
+    when every subject is stored. Idempotent: it may run more than once."""
+    job = FinalizeJob.model_validate(payload)
+    state, store = cohort_state(), object_store()
+    record = state.get(job.cohort_id) or recover_cohort(state, store, job.tenant, job.cohort_id)
+    if record is None:
+        return []
+    config = read_model_config(resolve_model_dir(job.model))
+    present = finalize_cohort(job, store, config)
+    if len(present) == record.total:
+        state.transition(record, Status.SUCCEEDED, allowed_from={Status.QUEUED, Status.RUNNING})
+    latest = state.get(job.cohort_id)
+    if latest is not None and latest.status in FINAL:
+        write_final_state(store, latest)
+    return present

@@ -1,0 +1,160 @@
+"""HTTP request and response bodies of API v1 (pydantic; every field in physical units)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.design import SEED_MASK
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class CovariateSpec(BaseModel):
+    """A fixed value (``{"value": 65}``) or a uniform range (``{"min": 50, "max": 80}``)."""
+
+    model_config = _STRICT
+
+    value: float | None = Field(None, allow_inf_nan=False)
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CovariateSpec:
+        if self.value is not None:
+            if self.min is not None or self.max is not None:
+                raise ValueError("give either value or min and max, not both")
+        elif self.min is None or self.max is None:
+            raise ValueError("give value, or both min and max")
+        elif self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        if self.value is not None:
+            return self.value, self.value
+        return self.min, self.max  # type: ignore[return-value]
+
+
+class SexSpec(BaseModel):
+    """``{"female_fraction": 0.5}`` (exact counts, shuffled) or ``{"value": "F"}``."""
+
+    model_config = _STRICT
+
+    female_fraction: float | None = Field(None, ge=0.0, le=1.0)
+    value: Literal["F", "M"] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SexSpec:
+        if (self.female_fraction is None) == (self.value is None):
+            raise ValueError("give exactly one of female_fraction or value")
+        return self
+
+    @property
+    def fraction(self) -> float:
+        if self.value is not None:
+            return 1.0 if self.value == "F" else 0.0
+        return float(self.female_fraction)  # type: ignore[arg-type]
+
+
+class CovariatesIn(BaseModel):
+    """How to draw each covariate; an omitted one spans the model's training range (sex: half female)."""
+
+    model_config = _STRICT
+
+    age: CovariateSpec | None = None
+    sex: SexSpec | None = None
+    ventricular_volume_mm3: CovariateSpec | None = None
+    brain_volume_mm3: CovariateSpec | None = None
+
+
+class SubjectIn(BaseModel):
+    """One explicitly listed subject (years, F/M, mm3); ``seed`` regenerates a subject of an earlier cohort."""
+
+    model_config = _STRICT
+
+    age: float = Field(allow_inf_nan=False)
+    sex: Literal["F", "M"]
+    ventricular_volume_mm3: float = Field(allow_inf_nan=False)
+    brain_volume_mm3: float = Field(allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=SEED_MASK)
+
+
+class SamplerIn(BaseModel):
+    model_config = _STRICT
+
+    name: Literal["ddim", "ddpm", "pndm"] = "ddim"
+    steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, all 1000 for ddpm")
+
+
+class CohortRequest(BaseModel):
+    """``POST /v1/cohorts``: either ``n_subjects`` (+ optional ``covariates``) or a ``subjects`` list."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=200, description="dataset name in dataset_description.json")
+    n_subjects: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, le=SEED_MASK, description="cohort seed; drawn by the server if omitted")
+    covariates: CovariatesIn | None = None
+    subjects: list[SubjectIn] | None = Field(None, min_length=1)
+    sampler: SamplerIn = Field(default_factory=SamplerIn)
+    dtype: Literal["float32", "uint8"] = "float32"
+    extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CohortRequest:
+        if self.subjects is None:
+            if self.n_subjects is None:
+                raise ValueError("give n_subjects (with optional covariates) or a subjects list")
+        else:
+            if self.covariates is not None:
+                raise ValueError("give covariates or a subjects list, not both")
+            if self.n_subjects is not None and self.n_subjects != len(self.subjects):
+                raise ValueError(
+                    f"n_subjects ({self.n_subjects}) differs from the subjects listed ({len(self.subjects)})"
+                )
+        return self
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class CohortStatus(BaseModel):
+    """``GET /v1/cohorts/{id}``."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    progress: Progress
+    created_at: str
+    updated_at: str
+    request: dict
+    error: str | None = None
+    links: dict[str, str]
+
+
+class CohortPage(BaseModel):
+    cohorts: list[CohortStatus]
+    next_page_token: str | None = None
+
+
+class SubjectOut(BaseModel):
+    participant_id: str
+    age: float
+    sex: Literal["F", "M"]
+    ventricular_volume_mm3: float
+    brain_volume_mm3: float
+    seed: int
+    status: Literal["stored", "pending", "not_run"]
+    url: str | None = Field(None, description="presigned GET of the T1w NIfTI (short-lived)")
+    sidecar_url: str | None = None
+    expires_in_s: int | None = None
+
+
+class SubjectPage(BaseModel):
+    cohort_id: str
+    subjects: list[SubjectOut]

@@ -1,0 +1,166 @@
+"""The whole stack as local processes (``brainsynth up``, the demo and the end-to-end tests).
+
+Redis (AOF) and SeaweedFS from :mod:`service.localstack`, N Celery workers (``--pool=solo``, one process
+each, as on GPUs) and the API under uvicorn. Data lives in one directory, so a restarted stack finds its
+cohorts again. A worker or API process that dies is restarted by :meth:`LocalStack.supervise`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.localstack import RedisServer, S3Server, ServerError, start_redis, start_s3
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class LocalStack:
+    """Redis, SeaweedFS, workers and the API for one data directory."""
+
+    data_dir: Path
+    api_keys: dict[str, str]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    #: Extra ``BRAINSYNTH_*`` settings for workers and the API (e.g. a short visibility timeout in tests).
+    settings: dict[str, str] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    s3: S3Server | None = None
+    worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    api_process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
+    def _credentials(self) -> tuple[str, str]:
+        """S3 credentials of this data directory, made once and kept (0600) so its data stays readable."""
+        path = self.data_dir / "s3-credentials.json"
+        if not path.exists():
+            path.write_text(json.dumps({"access_key": "brainsynth", "secret_key": secrets.token_urlsafe(24)}))
+            path.chmod(0o600)
+        saved = json.loads(path.read_text())
+        return saved["access_key"], saved["secret_key"]
+
+    def env(self) -> dict[str, str]:
+        """Environment of workers and the API."""
+        assert self.redis is not None and self.s3 is not None, "start() first"
+        return {
+            **os.environ,
+            "BRAINSYNTH_BROKER_URL": self.redis.url,
+            "BRAINSYNTH_S3_ENDPOINT": self.s3.endpoint,
+            "BRAINSYNTH_S3_ACCESS_KEY": self.s3.access_key,
+            "BRAINSYNTH_S3_SECRET_KEY": self.s3.secret_key,
+            "BRAINSYNTH_API_KEYS": json.dumps(self.api_keys),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            **self.settings,
+        }
+
+    def start_servers(self, *, redis_port: int | None = None, s3_port_base: int | None = None) -> None:
+        """Redis and SeaweedFS (again on the same ports and data when given them)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        access, secret = self._credentials()
+        self.redis = start_redis(self.data_dir / "redis", port=redis_port)
+        self.s3 = start_s3(self.data_dir / "s3", access, secret, port_base=s3_port_base)
+
+    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+                   f"--hostname=worker{index}@%h", "--without-mingle", "--without-gossip",
+                   "--loglevel=INFO"]  # fmt: skip
+        with open(self.logs / f"worker-{index}.log", "ab") as sink:
+            process = subprocess.Popen(command, env=self.env(), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        if index < len(self.worker_processes):
+            self.worker_processes[index] = process
+        else:
+            self.worker_processes.append(process)
+        return process
+
+    def start_api(self) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", self.host,
+                   "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        with open(self.logs / "api.log", "ab") as sink:
+            self.api_process = subprocess.Popen(
+                command, env=self.env(), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            )
+        return self.api_process
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Until /readyz says Redis, storage and a worker answer."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.api_process is not None and self.api_process.poll() is not None:
+                raise ServerError(
+                    f"the API exited with code {self.api_process.returncode}; see {self.logs / 'api.log'}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as err:
+                last = err.read().decode(errors="replace")
+            except OSError as err:
+                last = str(err)
+            time.sleep(0.3)
+        raise ServerError(f"the stack was not ready after {timeout:.0f} s ({last}); see {self.logs}")
+
+    def start(self) -> None:
+        """Everything, in dependency order; returns once the API reports ready."""
+        self.start_servers()
+        for index in range(self.workers):
+            self.start_worker(index)
+        self.start_api()
+        self.wait_until_ready()
+
+    def supervise_once(self) -> list[str]:
+        """Restart a worker or the API that exited; returns what was restarted. Raises if a server died."""
+        restarted = []
+        for name, server in (("Redis", self.redis), ("SeaweedFS", self.s3)):
+            if server is not None and server.process.poll() is not None:
+                raise ServerError(f"{name} exited (code {server.process.returncode}); see {server.log}")
+        for index, process in enumerate(self.worker_processes):
+            if process.poll() is not None:
+                self.start_worker(index)
+                restarted.append(f"worker {index} (exit code {process.returncode})")
+        if self.api_process is not None and self.api_process.poll() is not None:
+            code = self.api_process.returncode
+            self.start_api()
+            restarted.append(f"API (exit code {code})")
+        return restarted
+
+    def stop(self) -> None:
+        """API, workers (they requeue unfinished tasks), then the servers."""
+        if self.api_process is not None:
+            _stop_process(self.api_process)
+        for process in self.worker_processes:
+            _stop_process(process, timeout=60)
+        for server in (self.s3, self.redis):
+            if server is not None:
+                server.stop()

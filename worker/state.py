@@ -1,0 +1,286 @@
+"""Cohort job state, shared by the API and the workers: Redis for speed, object storage for durability.
+
+Redis (AOF in production) holds each cohort's record and per-subject progress::
+
+    brainsynth:cohort:{id}            hash  tenant, model, status, created_at, updated_at, total, error, request
+    brainsynth:cohort:{id}:done       set   participant ids whose files are stored
+    brainsynth:cohort:{id}:settled    set   participant ids that will not run again (stored, skipped, failed)
+    brainsynth:tenant:{t}:cohorts     zset  cohort ids by creation time
+    brainsynth:tenant:{t}:active      set   cohort ids not yet final (the per-tenant limit)
+    brainsynth:idempotency:{t}:{key}  str   {"hash", "cohort_id"} of a POST with an Idempotency-Key
+
+Object storage keeps what is needed to rebuild all of it (:func:`recover_cohort`): ``cohort.json`` (the
+request and every subject job, written before anything is queued), each subject's sidecar (written last
+per subject, so its presence means done) and ``state.json`` (a final status). Sets make every update
+idempotent, so a redelivered task never counts a subject twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from models.bids import sidecar_path
+from worker.contract import SubjectJob
+from worker.storage import ObjectStore, cohort_prefix
+
+PREFIX = "brainsynth"
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
+
+
+class CohortRecord(BaseModel):
+    """A cohort as the API reports it."""
+
+    id: str
+    tenant: str
+    model: str
+    status: Status
+    created_at: float
+    updated_at: float
+    total: int = Field(ge=1)
+    request: dict[str, Any]
+    error: str | None = None
+
+
+class StoredCohort(BaseModel):
+    """``cohort.json`` in object storage: enough to rebuild the record and re-queue missing subjects."""
+
+    id: str
+    tenant: str
+    model: str
+    created_at: float
+    request: dict[str, Any]
+    subjects: list[SubjectJob]
+
+
+def cohort_key(cohort_id: str) -> str:
+    return f"{PREFIX}:cohort:{cohort_id}"
+
+
+def bids_prefix(tenant: str, cohort_id: str) -> str:
+    """Where a cohort's BIDS dataset lives in the bucket (the archive's root)."""
+    return cohort_prefix(tenant, cohort_id) + "bids/"
+
+
+def cohort_json_key(tenant: str, cohort_id: str) -> str:
+    return cohort_prefix(tenant, cohort_id) + "cohort.json"
+
+
+def state_json_key(tenant: str, cohort_id: str) -> str:
+    return cohort_prefix(tenant, cohort_id) + "state.json"
+
+
+#: The cohort manifest: ``sha256  path`` for every file of the dataset, written last (the commit marker).
+MANIFEST = "SHA256SUMS"
+
+# Move a cohort to ARGV[1] if its status is one of ARGV[4..]; keeps the tenant's active set in step.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+for i = 4, #ARGV do
+  if status == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+    if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+    if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'canceled' then
+      redis.call('SREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+    end
+    return status
+  end
+end
+return false
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client that rides out a restart (retries connection errors for ~30 s)."""
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=2,
+        socket_timeout=10,
+    )
+
+
+class CohortState:
+    """Reads and updates cohort records in Redis; every write is idempotent."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._transition = client.register_script(_TRANSITION)
+
+    def _tenant(self, tenant: str, what: str) -> str:
+        return f"{PREFIX}:tenant:{tenant}:{what}"
+
+    def create(self, record: CohortRecord) -> None:
+        key = cohort_key(record.id)
+        fields = record.model_dump(mode="json", exclude_none=True)
+        fields["request"] = json.dumps(record.request, sort_keys=True)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.zadd(self._tenant(record.tenant, "cohorts"), {record.id: record.created_at})
+            if record.status not in FINAL:
+                pipe.sadd(self._tenant(record.tenant, "active"), record.id)
+            pipe.execute()
+
+    def get(self, cohort_id: str) -> CohortRecord | None:
+        raw = self.redis.hgetall(cohort_key(cohort_id))
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields["request"] = json.loads(fields["request"])
+        return CohortRecord.model_validate(fields)
+
+    def transition(self, record: CohortRecord, to: Status, *, allowed_from: set[Status], error: str = "") -> bool:
+        """Move the cohort to ``to`` if its current status is in ``allowed_from``; whether it moved."""
+        moved = self._transition(
+            keys=[cohort_key(record.id), self._tenant(record.tenant, "active")],
+            args=[to.value, time.time(), error, *(s.value for s in allowed_from)],
+        )
+        return bool(moved)
+
+    def mark_done(self, cohort_id: str, participant: str) -> None:
+        self.redis.sadd(f"{cohort_key(cohort_id)}:done", participant)
+
+    def settle(self, cohort_id: str, participant: str) -> int:
+        """Record that ``participant`` will not run again; returns how many subjects have settled."""
+        key = f"{cohort_key(cohort_id)}:settled"
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(key, participant)
+            pipe.scard(key)
+            return int(pipe.execute()[1])
+
+    def done(self, cohort_id: str) -> set[str]:
+        return {m.decode() for m in self.redis.smembers(f"{cohort_key(cohort_id)}:done")}
+
+    def progress(self, cohort_id: str) -> tuple[int, int]:
+        """(stored, settled) subject counts."""
+        with self.redis.pipeline() as pipe:
+            pipe.scard(f"{cohort_key(cohort_id)}:done")
+            pipe.scard(f"{cohort_key(cohort_id)}:settled")
+            done, settled = pipe.execute()
+        return int(done), int(settled)
+
+    def list_page(self, tenant: str, before: float | None, count: int) -> list[tuple[str, float]]:
+        """Up to ``count`` (cohort id, created_at) of ``tenant``, newest first, created before ``before``."""
+        rows = self.redis.zrevrangebyscore(
+            self._tenant(tenant, "cohorts"),
+            max="+inf" if before is None else f"({before!r}",
+            min="-inf",
+            start=0,
+            num=count,
+            withscores=True,
+        )
+        return [(member.decode(), float(score)) for member, score in rows]
+
+    def active_count(self, tenant: str) -> int:
+        return int(self.redis.scard(self._tenant(tenant, "active")))
+
+    def delete(self, record: CohortRecord) -> None:
+        key = cohort_key(record.id)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(key, f"{key}:done", f"{key}:settled")
+            pipe.zrem(self._tenant(record.tenant, "cohorts"), record.id)
+            pipe.srem(self._tenant(record.tenant, "active"), record.id)
+            pipe.execute()
+
+    def claim_idempotency_key(self, tenant: str, key: str, body_hash: str, cohort_id: str) -> dict[str, str]:
+        """Bind ``key`` to ``cohort_id`` unless it is bound already; returns the binding that holds (24 h)."""
+        name = f"{PREFIX}:idempotency:{tenant}:{key}"
+        mine = {"hash": body_hash, "cohort_id": cohort_id}
+        if self.redis.set(name, json.dumps(mine), nx=True, ex=24 * 3600):
+            return mine
+        existing = self.redis.get(name)
+        return json.loads(existing) if existing else mine
+
+    def release_idempotency_key(self, tenant: str, key: str, cohort_id: str) -> None:
+        """Forget ``key`` if it is bound to ``cohort_id`` (the request failed before the cohort existed)."""
+        name = f"{PREFIX}:idempotency:{tenant}:{key}"
+        existing = self.redis.get(name)
+        if existing and json.loads(existing)["cohort_id"] == cohort_id:
+            self.redis.delete(name)
+
+
+def write_final_state(store: ObjectStore, record: CohortRecord) -> None:
+    """Persist a final status in object storage (the durable copy of the Redis record's outcome)."""
+    document = {"status": record.status.value, "error": record.error, "updated_at": record.updated_at}
+    store.put_bytes(state_json_key(record.tenant, record.id), json.dumps(document).encode(), "application/json")
+
+
+def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_id: str) -> CohortRecord | None:
+    """Rebuild a cohort's Redis record from object storage (after Redis lost it); ``None`` if unknown.
+
+    Done subjects are those whose sidecar exists; the status is the stored final one, else running or
+    queued. Subjects still to run are returned by :func:`missing_subjects` for re-queueing.
+    """
+    key = cohort_json_key(tenant, cohort_id)
+    if not store.exists(key):
+        return None
+    stored = StoredCohort.model_validate_json(store.get_bytes(key))
+    if stored.tenant != tenant:
+        return None
+    done = stored_subjects(store, stored)
+    final: dict[str, Any] = {}
+    if store.exists(state_json_key(tenant, cohort_id)):
+        final = json.loads(store.get_bytes(state_json_key(tenant, cohort_id)))
+    status = Status(final["status"]) if final else (Status.RUNNING if done else Status.QUEUED)
+    record = CohortRecord(
+        id=stored.id,
+        tenant=stored.tenant,
+        model=stored.model,
+        status=status,
+        created_at=stored.created_at,
+        updated_at=float(final.get("updated_at") or time.time()),
+        total=len(stored.subjects),
+        request=stored.request,
+        error=final.get("error"),
+    )
+    state.create(record)
+    for participant in done:
+        state.mark_done(cohort_id, participant)
+        state.settle(cohort_id, participant)
+    return record
+
+
+def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
+    """Participant ids of ``stored`` whose files are complete in object storage (sidecar present)."""
+    prefix = bids_prefix(stored.tenant, stored.id)
+    keys = set(store.list_keys(prefix))
+    return {job.participant_id for job in stored.subjects if prefix + sidecar_path(job.participant_id) in keys}
+
+
+def register_cohort(state: CohortState, store: ObjectStore, stored: StoredCohort) -> CohortRecord:
+    """Make a new cohort known: ``cohort.json`` in object storage first (durable), then the Redis record.
+
+    The caller queues the subject jobs afterwards.
+    """
+    store.put_bytes(cohort_json_key(stored.tenant, stored.id), stored.model_dump_json().encode(), "application/json")
+    record = CohortRecord(
+        id=stored.id,
+        tenant=stored.tenant,
+        model=stored.model,
+        status=Status.QUEUED,
+        created_at=stored.created_at,
+        updated_at=stored.created_at,
+        total=len(stored.subjects),
+        request=stored.request,
+    )
+    state.create(record)
+    return record
