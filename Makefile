@@ -15,7 +15,7 @@ DEMO_DIFFUSION_STEPS ?= 2400
 .PHONY: help install test test-slow lint format demo demo-model clean
 
 help:
-	@echo "make demo   - install, then sample a small cohort with the demo model into $(DEMO_OUT)"
+	@echo "make demo   - install, start the service locally, generate a 4-subject demo cohort into $(DEMO_OUT)"
 	@echo "make test   - install, then run the default test suite"
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
@@ -57,10 +57,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The whole service as local processes: brainsynth up, then submit -> wait -> download through the client.
 demo: install
 	$(BIN)/brainsynth models
-	rm -rf $(DEMO_OUT)
-	$(BIN)/brainsynth sample --model demo --n 4 --seed 7 --age-range 50 80 --batch-size 4 --out $(DEMO_OUT)
+	BIN=$(BIN) DEMO_OUT=$(DEMO_OUT) ./scripts/demo.sh
 
 demo-model: install
 	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)

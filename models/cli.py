@@ -7,33 +7,25 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from models.cli_args import Parser, UsageError, add_cohort_arguments, cohort_subjects
 from models.cohort import write_cohort
 from models.config import read_model_config
-from models.design import DEFAULT_STEPS, SAMPLERS, CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv
+from models.design import DEFAULT_STEPS
 from models.errors import BrainSynthError
 from models.networks import parameter_counts
 from models.presets import PRESETS, ukb
 from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
 
 
-class UsageError(Exception):
-    """Bad command-line arguments (printed as one line, exit code 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="brainsynth", description="Synthetic brain MRI cohorts (Pinaya et al. 2022 LDM).")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="brainsynth", description="Synthetic brain MRI cohorts (Pinaya et al. 2022 LDM).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     models = commands.add_parser("models", help="list registered models (or import one)")
     models.add_argument("--json", action="store_true", help="machine-readable output")
-    models_sub = models.add_subparsers(dest="models_command", parser_class=_Parser)
+    models_sub = models.add_subparsers(dest="models_command", parser_class=Parser)
     imp = models_sub.add_parser("import-bundle", help="import the released MONAI bundle weights")
     imp.add_argument("bundle_dir", type=Path, help="folder with autoencoder.pt + model.pt (or the .pth names)")
     imp.add_argument("--name", default="ukb", help="name to register the model under (default: ukb)")
@@ -44,39 +36,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     sample = commands.add_parser("sample", help="generate a cohort and write it as a BIDS dataset")
-    sample.add_argument("--model", required=True, help="registered model name or model directory")
-    sample.add_argument("--n", type=int, help="number of subjects (not needed with --subjects)")
-    sample.add_argument("--seed", type=int, required=True, help="cohort seed (subject seeds derive from it)")
+    add_cohort_arguments(sample)
     sample.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
-    age = sample.add_mutually_exclusive_group()
-    age.add_argument("--age", type=float, metavar="A", help="age in years for every subject")
-    age.add_argument("--age-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform age range, years")
-    sample.add_argument("--sex", choices=("F", "M", "mixed"), default="mixed", help="default: mixed")
-    sample.add_argument(
-        "--female-fraction", type=float, default=0.5, help="share of females when --sex mixed (default 0.5)"
-    )
-    vent = sample.add_mutually_exclusive_group()
-    vent.add_argument("--ventricular-volume", type=float, metavar="V", help="ventricular CSF volume, mm3")
-    vent.add_argument("--ventricular-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
-    brain = sample.add_mutually_exclusive_group()
-    brain.add_argument("--brain-volume", type=float, metavar="B", help="head-size-normalised brain volume, mm3")
-    brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
-    sample.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
-    sample.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    sample.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50)")
     sample.add_argument(
         "--batch-size", type=int, default=1, help="subjects per UNet call (values agree within 1e-5 across batch sizes)"
     )
     sample.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    sample.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
-    sample.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     phantoms = commands.add_parser("phantoms", help="write MNI152 phantoms with known volumes (training data)")
     phantoms.add_argument("--n", type=int, required=True, help="number of phantoms")
     phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
     phantoms.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
     phantoms.add_argument("--model", default="demo", help="model (name or directory) whose grid to use; default demo")
     train = commands.add_parser("train", help="train a model's autoencoder, then its diffusion UNet")
-    stages = train.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+    stages = train.add_subparsers(dest="stage", required=True, parser_class=Parser)
     for stage, default_steps, default_batch in (("autoencoder", 2000, 4), ("diffusion", 4000, 16)):
         sub = stages.add_parser(stage, help=f"train the {stage} stage (resumes from its checkpoint)")
         sub.add_argument("--data", type=Path, required=True, help="BIDS folder with participants.tsv")
@@ -209,46 +181,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
-    if value is not None:
-        return Span.fixed(value)
-    if pair is not None:
-        return Span(pair[0], pair[1])
-    return None
-
-
-def _subjects_from_args(args: argparse.Namespace, ranges: Any) -> list[SubjectSpec]:
-    if args.subjects is not None:
-        fixed = [
-            args.age,
-            args.age_range,
-            args.ventricular_volume,
-            args.ventricular_range,
-            args.brain_volume,
-            args.brain_range,
-        ]
-        if any(v is not None for v in fixed) or args.sex != "mixed":
-            raise UsageError(
-                "--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range"
-            )
-        subjects = read_subjects_tsv(args.subjects, args.seed)
-        if args.n is not None and args.n != len(subjects):
-            raise UsageError(f"--n {args.n} but {args.subjects} lists {len(subjects)} subjects")
-        return subjects
-    if args.n is None:
-        raise UsageError("--n is required unless --subjects is given")
-    female_fraction = {"F": 1.0, "M": 0.0}.get(args.sex, args.female_fraction)
-    design = CohortDesign(
-        n_subjects=args.n,
-        seed=args.seed,
-        female_fraction=female_fraction,
-        age=_span(args.age, args.age_range),
-        ventricular_volume_mm3=_span(args.ventricular_volume, args.ventricular_range),
-        brain_volume_mm3=_span(args.brain_volume, args.brain_range),
-    )
-    return design_subjects(design, ranges, extrapolate=args.extrapolate)
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -263,7 +195,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     config = read_model_config(model_dir)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     build_scheduler(config.scheduler, args.sampler, steps)  # validate before loading weights
-    subjects = _subjects_from_args(args, config.conditioning)
+    subjects = cohort_subjects(args, config.conditioning)
     pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
     total = len(subjects) * (steps + 1)
     with tqdm(total=total, unit="step", desc=f"sampling {len(subjects)} subjects", file=sys.stderr) as bar:

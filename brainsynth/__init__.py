@@ -1,0 +1,1 @@
+"""The ``brainsynth`` command: model commands (``models.cli``) and service commands (``service.cli``)."""

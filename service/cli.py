@@ -1,0 +1,175 @@
+"""``brainsynth up`` (the whole stack as local processes) and the HTTP client commands
+``brainsynth submit|status|wait|download|cancel``. Imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from models.cli_args import Parser, UsageError, add_cohort_arguments, cohort_request
+from models.errors import BrainSynthError
+from service.client import FINAL_STATES, BrainSynthClient, ClientError
+from service.localstack import ServerError
+
+COMMANDS = ("up", "submit", "status", "wait", "download", "cancel")
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _tenant_key(text: str) -> tuple[str, str]:
+    tenant, sep, key = text.partition("=")
+    if not sep or not tenant or not key:
+        raise argparse.ArgumentTypeError(f"expected TENANT=KEY, got {text!r}")
+    return tenant, key
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="brainsynth", description="Run the BrainSynth service locally and talk to it.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    up = commands.add_parser("up", help="start Redis, S3 (SeaweedFS), workers and the API; Ctrl-C stops all")
+    up.add_argument("--host", default="127.0.0.1", help="API bind address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    up.add_argument("--data-dir", type=Path, default=Path("brainsynth-data"), help="Redis, S3 data and logs")
+    up.add_argument(
+        "--api-key", type=_tenant_key, action="append", default=[], metavar="TENANT=KEY",
+        help="a tenant and its API key (repeatable; default: one tenant 'local' with a key printed at start)",
+    )  # fmt: skip
+    up.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU (default 1)")
+
+    def client_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--url", default=os.environ.get("BRAINSYNTH_URL", DEFAULT_URL), help="API URL ($BRAINSYNTH_URL)"
+        )
+        sub.add_argument(
+            "--api-key", default=os.environ.get("BRAINSYNTH_API_KEY"), help="API key ($BRAINSYNTH_API_KEY)"
+        )
+
+    submit = commands.add_parser("submit", help="queue a cohort on the service; prints its id")
+    add_cohort_arguments(submit, seed_required=False)
+    submit.add_argument("--name", help="dataset name in dataset_description.json")
+    submit.add_argument("--idempotency-key", help="a retry with the same key returns the same cohort")
+    submit.add_argument("--wait", action="store_true", help="then show progress until it finishes")
+    client_options(submit)
+    for name, text in (("status", "show a cohort's status"), ("wait", "show progress until a cohort finishes"),
+                       ("cancel", "cancel a cohort (finished subjects stay)")):  # fmt: skip
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("cohort_id")
+        sub.add_argument("--json", action="store_true", help="print the status as JSON")
+        client_options(sub)
+    download = commands.add_parser("download", help="download a finished cohort and unpack it")
+    download.add_argument("cohort_id")
+    download.add_argument("--out", type=Path, required=True, help="folder to unpack into (cohort-ID/ inside)")
+    download.add_argument("--keep-zip", action="store_true", help="keep the ZIP instead of unpacking it")
+    client_options(download)
+    return parser
+
+
+def _print_status(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    progress = status["progress"]
+    line = f"{status['id']}  {status['status']:<9}  {progress['done']}/{progress['total']} subjects"
+    print(line + (f"  error: {status['error']}" if status.get("error") else ""))
+
+
+def _watch(client: BrainSynthClient, cohort_id: str) -> dict[str, Any]:
+    first = client.status(cohort_id)
+    with tqdm(total=first["progress"]["total"], unit="subject", desc=cohort_id[:8], file=sys.stderr) as bar:
+
+        def update(status: dict[str, Any]) -> None:
+            bar.update(status["progress"]["done"] - bar.n)
+            bar.set_postfix_str(status["status"])
+
+        update(first)
+        final = first if first["status"] in FINAL_STATES else client.wait(cohort_id, on_progress=update)
+    return final
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import secrets
+
+    from service.stack import LocalStack
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    keys = dict(args.api_key) or {"local": secrets.token_urlsafe(18)}
+    stack = LocalStack(args.data_dir.resolve(), keys, host=args.host, port=args.port, workers=args.workers)
+    print(f"starting BrainSynth in {stack.data_dir} ...", file=sys.stderr)
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        stack.start()
+        print(f"BrainSynth API at {stack.url} (docs: {stack.url}/docs); logs in {stack.logs}")
+        for tenant, key in keys.items():
+            shown = key if not args.api_key else "(as given)"
+            print(f"  tenant {tenant}: BRAINSYNTH_API_KEY={shown}")
+        print(f"  {args.workers} worker(s); Ctrl-C stops everything", flush=True)
+        while True:
+            for what in stack.supervise_once():
+                print(f"restarted {what}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping ...", file=sys.stderr)
+        stack.stop()
+
+
+def _client(args: argparse.Namespace) -> BrainSynthClient:
+    return BrainSynthClient(args.url, args.api_key or "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The service commands of the ``brainsynth`` script."""
+    try:
+        args = _build_parser().parse_args(argv)
+        if args.command == "up":
+            return _cmd_up(args)
+        with _client(args) as client:
+            if args.command == "submit":
+                request = cohort_request(args)
+                if args.name:
+                    request["name"] = args.name
+                status = client.submit(request, idempotency_key=args.idempotency_key)
+                print(status["id"])
+                if args.wait:
+                    status = _watch(client, status["id"])
+                    _print_status(status, False)
+                    return 0 if status["status"] == "succeeded" else 1
+                return 0
+            if args.command == "status":
+                _print_status(client.status(args.cohort_id), args.json)
+                return 0
+            if args.command == "wait":
+                status = _watch(client, args.cohort_id)
+                _print_status(status, args.json)
+                return 0 if status["status"] == "succeeded" else 1
+            if args.command == "cancel":
+                _print_status(client.cancel(args.cohort_id), args.json)
+                return 0
+            with tqdm(unit="B", unit_scale=True, desc="download", file=sys.stderr) as bar:
+                path = client.download(args.cohort_id, args.out, on_bytes=bar.update, extract=not args.keep_zip)
+            print(path.resolve())
+            return 0
+    except UsageError as err:
+        print(f"brainsynth: error: {err}", file=sys.stderr)
+        return 2
+    except (ClientError, ServerError, BrainSynthError, OSError) as err:
+        print(f"brainsynth: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("brainsynth: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,197 @@
+"""A small Python client of the BrainSynth HTTP API (HTTP only: no torch, no Celery, no S3 credentials).
+
+client = BrainSynthClient("http://127.0.0.1:8000", api_key="...")
+cohort = client.submit({"model": "demo", "n_subjects": 4, "seed": 7})
+client.wait(cohort["id"])
+client.download(cohort["id"], "out/cohort")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINAL_STATES = frozenset({"succeeded", "failed", "canceled"})
+
+
+class ClientError(RuntimeError):
+    """The API refused a request or could not be reached; the message says why and what to do."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def _describe(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:500] or response.reason_phrase
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}" for item in detail)
+    return str(detail)
+
+
+class BrainSynthClient:
+    """Cohort jobs over HTTP: submit, status, watch, download, cancel, delete."""
+
+    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0) -> None:
+        if not api_key:
+            raise ClientError("an API key is required: pass --api-key or set BRAINSYNTH_API_KEY")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout, follow_redirects=False
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> BrainSynthClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as err:
+            message = f"cannot reach the BrainSynth API at {self.url} ({err}): is `brainsynth up` running?"
+            raise ClientError(message) from err
+        if response.status_code >= 400:
+            raise ClientError(f"HTTP {response.status_code}: {_describe(response)}", response.status_code)
+        return response
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/models").json()["models"]
+
+    def submit(self, request: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a cohort; returns its status (``id``, ``status``, ``progress``, ...)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/cohorts", json=request, headers=headers).json()
+
+    def status(self, cohort_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/cohorts/{cohort_id}").json()
+
+    def list(self, page_size: int = 20, page_token: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"page_size": page_size}
+        if page_token:
+            params["page_token"] = page_token
+        return self._request("GET", "/v1/cohorts", params=params).json()
+
+    def subjects(self, cohort_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/cohorts/{cohort_id}/subjects").json()["subjects"]
+
+    def cancel(self, cohort_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/cohorts/{cohort_id}/cancel").json()
+
+    def delete(self, cohort_id: str) -> None:
+        self._request("DELETE", f"/v1/cohorts/{cohort_id}")
+
+    def events(self, cohort_id: str) -> Iterator[dict[str, Any]]:
+        """Status updates from the Server-Sent Events stream until a final state."""
+        try:
+            with self.http.stream("GET", f"/v1/cohorts/{cohort_id}/events", timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(f"HTTP {response.status_code}: {_describe(response)}", response.status_code)
+                event, data = "", []
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        if event == "status":
+                            yield json.loads("\n".join(data))
+                        event, data = "", []
+        except httpx.HTTPError as err:
+            raise ClientError(f"the event stream from {self.url} broke off ({err})") from err
+
+    def wait(
+        self,
+        cohort_id: str,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Watch the cohort until it is final (events, falling back to polling); returns the final status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                for status in self.events(cohort_id):
+                    if on_progress:
+                        on_progress(status)
+                    if status["status"] in FINAL_STATES:
+                        return status
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ClientError(f"cohort {cohort_id} did not finish within {timeout:.0f} s")
+            except ClientError as err:
+                if err.status_code is not None:
+                    raise
+            status = self.status(cohort_id)  # the stream ended or broke: poll, then watch again
+            if on_progress:
+                on_progress(status)
+            if status["status"] in FINAL_STATES:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError(f"cohort {cohort_id} did not finish within {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def download(
+        self,
+        cohort_id: str,
+        out_dir: str | Path,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        extract: bool = True,
+    ) -> Path:
+        """Stream the cohort's ZIP to ``out_dir/cohort-ID.zip``; with ``extract``, unpack it into ``out_dir``,
+        check every file against the dataset's SHA256SUMS and return the dataset folder."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        archive = out_dir / f"cohort-{cohort_id}.zip"
+        partial = archive.with_suffix(".zip.part")
+        try:
+            with self.http.stream("GET", f"/v1/cohorts/{cohort_id}/archive", timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(f"HTTP {response.status_code}: {_describe(response)}", response.status_code)
+                with open(partial, "wb") as sink:
+                    for chunk in response.iter_bytes(1 << 20):
+                        sink.write(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+        except httpx.HTTPError as err:
+            raise ClientError(f"the download from {self.url} broke off ({err}): run it again") from err
+        partial.replace(archive)
+        if not extract:
+            return archive
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(out_dir)
+        dataset = out_dir / f"cohort-{cohort_id}"
+        verify_manifest(dataset)
+        archive.unlink()
+        return dataset
+
+
+def verify_manifest(dataset: Path) -> int:
+    """Check every file listed in ``dataset/SHA256SUMS``; returns how many were checked."""
+    manifest = dataset / "SHA256SUMS"
+    if not manifest.is_file():
+        raise ClientError(f"{manifest} is missing: the archive is incomplete, download it again")
+    checked = 0
+    for line in manifest.read_text().splitlines():
+        expected, relative = line.split("  ", 1)
+        digest = hashlib.sha256((dataset / relative).read_bytes()).hexdigest()
+        if digest != expected:
+            raise ClientError(f"{relative} does not match its SHA256SUMS entry: download the cohort again")
+        checked += 1
+    return checked
