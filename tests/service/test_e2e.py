@@ -1,0 +1,308 @@
+"""The service end to end against real processes: Redis, SeaweedFS, a Celery worker and the API under
+uvicorn, started by :class:`service.stack.LocalStack` on free loopback ports (no mocks, no eager Celery)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+
+from service.client import BrainSynthClient, ClientError, verify_manifest
+from service.localstack import free_port
+from service.stack import LocalStack
+from tests.conftest import make_model_dir, tiny_config
+
+KEYS = {"lab-a": "key-a", "lab-b": "key-b", "lab-c": "key-c"}
+MAX_ACTIVE = 3
+#: A cohort long enough to disturb mid-way (4 subjects of ~3 s each on this CPU) and its undisturbed bytes.
+LONG = {"model": "tiny", "n_subjects": 4, "seed": 21, "sampler": {"name": "ddim", "steps": 120}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    run = tmp_path_factory.mktemp("e2e")
+    make_model_dir(run / "models" / "tiny")
+    local = LocalStack(
+        run / "data",
+        KEYS,
+        port=free_port(),
+        settings={
+            "BRAINSYNTH_MODELS_DIR": str(run / "models"),
+            "BRAINSYNTH_DEVICE": "cpu",
+            "BRAINSYNTH_VISIBILITY_TIMEOUT_S": "10",
+            "BRAINSYNTH_MAX_SUBJECTS_PER_COHORT": "50",
+            "BRAINSYNTH_MAX_ACTIVE_COHORTS_PER_TENANT": str(MAX_ACTIVE),
+            "BRAINSYNTH_MAX_BODY_BYTES": "20000",
+        },
+    )
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack: LocalStack) -> Iterator[BrainSynthClient]:
+    with BrainSynthClient(stack.url, KEYS["lab-a"]) as c:
+        yield c
+
+
+def _niftis(client: BrainSynthClient, cohort_id: str) -> dict[str, bytes]:
+    """Each stored subject's T1w bytes, fetched through its presigned URL."""
+    out = {}
+    for subject in client.subjects(cohort_id):
+        if subject["status"] == "stored":
+            out[subject["participant_id"]] = httpx.get(subject["url"], timeout=30).raise_for_status().content
+    return out
+
+
+def _wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def reference_cohort(client: BrainSynthClient) -> str:
+    """LONG, run undisturbed."""
+    cohort = client.submit(LONG)
+    assert client.wait(cohort["id"], timeout=300)["status"] == "succeeded"
+    return cohort["id"]
+
+
+@pytest.fixture(scope="module")
+def reference(client: BrainSynthClient, reference_cohort: str) -> dict[str, bytes]:
+    """The undisturbed bytes of LONG's subjects."""
+    return _niftis(client, reference_cohort)
+
+
+def test_a_cohort_goes_from_post_to_a_bids_archive(stack: LocalStack, client: BrainSynthClient, tmp_path: Path) -> None:
+    body = {
+        "model": "tiny",
+        "name": "e2e cohort",
+        "n_subjects": 3,
+        "seed": 7,
+        "covariates": {
+            "age": {"min": 50, "max": 80},
+            "sex": {"female_fraction": 0.5},
+            "ventricular_volume_mm3": {"min": 15000, "max": 60000},
+            "brain_volume_mm3": {"value": 1500000},
+        },
+        "sampler": {"name": "ddim", "steps": 10},
+    }
+    response = httpx.post(f"{stack.url}/v1/cohorts", json=body, headers={"Authorization": f"Bearer {KEYS['lab-a']}"})
+    assert response.status_code == 202
+    cohort = response.json()
+    assert response.headers["Location"] == f"/v1/cohorts/{cohort['id']}"
+    assert cohort["status"] in ("queued", "running") and cohort["progress"]["total"] == 3
+    assert cohort["request"]["sampler"] == {"name": "ddim", "steps": 10}
+
+    seen: list[int] = []
+    final = client.wait(cohort["id"], on_progress=lambda s: seen.append(s["progress"]["done"]), timeout=120)
+    assert final["status"] == "succeeded" and final["progress"] == {"done": 3, "total": 3}
+    assert seen == sorted(seen) and seen[-1] == 3
+
+    dataset = client.download(cohort["id"], tmp_path)
+    assert verify_manifest(dataset) == 3 * 2 + 5  # subjects' NIfTI + sidecar, 4 dataset files + .bidsignore
+    description = json.loads((dataset / "dataset_description.json").read_text())
+    assert description["Name"] == "e2e cohort" and description["DatasetType"] == "raw"
+    with open(dataset / "participants.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [r["participant_id"] for r in rows] == ["sub-000001", "sub-000002", "sub-000003"]
+    assert {r["sex"] for r in rows} <= {"F", "M"} and sorted(r["sex"] for r in rows).count("F") == 2
+    assert all(50 <= float(r["age"]) <= 80 and float(r["brain_volume_mm3"]) == 1500000 for r in rows)
+    config = tiny_config()
+    image = nib.load(dataset / "sub-000001" / "anat" / "sub-000001_T1w.nii.gz")
+    assert image.shape == config.image_shape
+    np.testing.assert_allclose(image.affine, np.asarray(config.affine))
+
+    stored = _niftis(client, cohort["id"])
+    assert stored["sub-000002"] == (dataset / "sub-000002" / "anat" / "sub-000002_T1w.nii.gz").read_bytes()
+    listed = client.list(page_size=100)["cohorts"]
+    assert cohort["id"] in [c["id"] for c in listed]
+
+
+def test_archive_is_a_valid_zip_with_stored_entries(
+    client: BrainSynthClient, reference_cohort: str, reference: dict[str, bytes]
+) -> None:
+    cohort_id = reference_cohort
+    archive = client.http.get(f"/v1/cohorts/{cohort_id}/archive").raise_for_status()
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
+        names = bundle.namelist()
+        assert names[-1].endswith("/SHA256SUMS")
+        nifti = [i for i in bundle.infolist() if i.filename.endswith(".nii.gz")]
+        assert len(nifti) == 4 and all(i.compress_type == zipfile.ZIP_STORED for i in nifti)
+        assert bundle.read(nifti[0].filename) == reference[nifti[0].filename.split("/")[1]]
+
+
+def test_every_bad_request_is_a_4xx_naming_the_field(stack: LocalStack, client: BrainSynthClient) -> None:
+    before = len(client.list(page_size=100)["cohorts"])
+    cases = [
+        ({"model": "tiny", "n_subjects": 2, "covariates": {"age": {"min": 10, "max": 80}}}, ["covariates", "age"]),
+        ({"model": "tiny", "n_subjects": 51}, ["n_subjects"]),
+        ({"model": "nope", "n_subjects": 2}, ["model"]),
+        ({"model": "tiny", "n_subjects": 2, "sampler": {"name": "ddpm", "steps": 50}}, ["sampler", "steps"]),
+        ({"model": "tiny", "n_subjects": 2, "sampler": {"name": "euler"}}, ["sampler", "name"]),
+        ({"model": "tiny", "n_subjects": 0}, ["n_subjects"]),
+        ({"model": "tiny", "n_subjects": 2, "covariates": {"sex": {"female_fraction": 1.5}}},
+         ["covariates", "sex", "female_fraction"]),
+        ({"model": "tiny", "subjects": [{"age": 60, "sex": "X", "ventricular_volume_mm3": 3e4,
+                                         "brain_volume_mm3": 1.5e6}]}, ["subjects", 0, "sex"]),
+        ({"model": "tiny", "subjects": [{"age": 60, "sex": "F", "ventricular_volume_mm3": 9e5,
+                                         "brain_volume_mm3": 1.5e6}]}, ["subjects", 0, "ventricular_volume_mm3"]),
+        ({"model": "tiny", "n_subjects": 2, "colour": "blue"}, ["colour"]),
+    ]  # fmt: skip
+    for body, field in cases:
+        response = client.http.post("/v1/cohorts", json=body)
+        assert response.status_code == 422, (body, response.text)
+        locations = [item["loc"][1:] for item in response.json()["detail"]]
+        assert any(loc[: len(field)] == field for loc in locations), (field, response.json())
+    assert client.http.post("/v1/cohorts", content=b"{not json").status_code == 422
+    big = {"model": "tiny", "name": "x" * 30000, "n_subjects": 1}
+    assert client.http.post("/v1/cohorts", json=big).status_code == 413
+    assert len(client.list(page_size=100)["cohorts"]) == before  # nothing was queued
+
+
+def test_auth_and_tenant_isolation_on_every_route(stack: LocalStack, client: BrainSynthClient) -> None:
+    cohort = client.submit({"model": "tiny", "n_subjects": 1, "seed": 3, "sampler": {"steps": 5}})
+    client.wait(cohort["id"], timeout=120)
+    routes = [("GET", ""), ("GET", "/events"), ("GET", "/subjects"), ("GET", "/archive"), ("POST", "/cancel"),
+              ("DELETE", "")]  # fmt: skip
+    anonymous = httpx.Client(base_url=stack.url)
+    other = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEYS['lab-b']}"})
+    wrong = httpx.Client(base_url=stack.url, headers={"Authorization": "Bearer not-a-key"})
+    for method, suffix in routes:
+        path = f"/v1/cohorts/{cohort['id']}{suffix}"
+        assert anonymous.request(method, path).status_code == 401
+        assert wrong.request(method, path).status_code == 401
+        assert other.request(method, path).status_code == 404, (method, path)
+    for method, path in (("GET", "/v1/cohorts"), ("GET", "/v1/models"), ("POST", "/v1/cohorts")):
+        assert anonymous.request(method, path).status_code == 401
+    assert cohort["id"] not in [c["id"] for c in other.get("/v1/cohorts").json()["cohorts"]]
+    assert client.status(cohort["id"])["status"] == "succeeded"  # lab-b's cancel/delete changed nothing
+    assert anonymous.get("/healthz").status_code == 200
+    ready = anonymous.get("/readyz").json()
+    assert ready["ready"] is True and ready["workers"] >= 1
+    models = {m["name"]: m for m in client.models()}
+    assert models["tiny"]["ready"] and models["tiny"]["conditioning"]["age"]["min"] == 44.0
+
+
+def test_idempotency_key_returns_the_same_cohort(client: BrainSynthClient) -> None:
+    body = {"model": "tiny", "n_subjects": 1, "seed": 5, "sampler": {"steps": 5}}
+    first = client.submit(body, idempotency_key="retry-me")
+    again = client.submit(body, idempotency_key="retry-me")
+    assert again["id"] == first["id"]
+    ids = [c["id"] for c in client.list(page_size=100)["cohorts"]]
+    assert ids.count(first["id"]) == 1
+    with pytest.raises(ClientError, match="Idempotency-Key") as info:
+        client.submit({**body, "seed": 6}, idempotency_key="retry-me")
+    assert info.value.status_code == 422
+    client.wait(first["id"], timeout=120)
+
+
+def test_cancel_keeps_finished_subjects_and_delete_removes_everything(stack: LocalStack) -> None:
+    with BrainSynthClient(stack.url, KEYS["lab-c"]) as c:
+        cohort = c.submit({**LONG, "n_subjects": 6, "seed": 99})
+        _wait_for(lambda: c.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+        canceled = c.cancel(cohort["id"])
+        assert canceled["status"] == "canceled"
+        assert c.cancel(cohort["id"])["status"] == "canceled"  # idempotent
+        _wait_for(lambda: c.http.get(f"/v1/cohorts/{cohort['id']}/archive").status_code == 200, what="finalisation")
+        done = c.status(cohort["id"])["progress"]["done"]
+        assert 1 <= done < 6
+        subjects = c.subjects(cohort["id"])
+        assert sum(s["status"] == "stored" for s in subjects) == done
+        assert sum(s["status"] == "not_run" for s in subjects) == 6 - done
+        with zipfile.ZipFile(io.BytesIO(c.http.get(f"/v1/cohorts/{cohort['id']}/archive").content)) as bundle:
+            tsv = bundle.read(f"cohort-{cohort['id']}/participants.tsv").decode()
+        assert len(tsv.splitlines()) == 1 + done
+        assert c.http.delete(f"/v1/cohorts/{cohort['id']}").status_code == 204
+        assert c.http.get(f"/v1/cohorts/{cohort['id']}").status_code == 404
+        from worker.storage import ObjectStore
+
+        s3 = stack.s3
+        assert s3 is not None
+        store = ObjectStore(s3.endpoint, s3.access_key, s3.secret_key, "brainsynth")
+        assert store.list_keys(f"tenants/lab-c/cohorts/{cohort['id']}/") == []
+
+
+def test_too_many_active_cohorts_is_429(stack: LocalStack) -> None:
+    with BrainSynthClient(stack.url, KEYS["lab-b"]) as c:
+        ids = [c.submit({**LONG, "seed": 500 + i})["id"] for i in range(MAX_ACTIVE)]
+        response = c.http.post("/v1/cohorts", json=LONG)
+        assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+        for cohort_id in ids:
+            c.cancel(cohort_id)
+        assert c.http.post("/v1/cohorts", json={**LONG, "n_subjects": 1, "sampler": {"steps": 2}}).status_code == 202
+
+
+def test_a_worker_killed_mid_cohort_changes_nothing(
+    stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
+) -> None:
+    cohort = client.submit(LONG)
+    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    worker = stack.worker_processes[0]
+    worker.send_signal(signal.SIGKILL)  # mid-cohort, most likely mid-subject
+    worker.wait(10)
+    assert client.status(cohort["id"])["progress"]["done"] < 4
+    stack.start_worker(0)
+    final = client.wait(cohort["id"], timeout=300)
+    assert final["status"] == "succeeded" and final["progress"] == {"done": 4, "total": 4}
+    assert _niftis(client, cohort["id"]) == reference  # every subject once, with the undisturbed bytes
+
+
+def test_redis_restarted_mid_cohort_loses_nothing(
+    stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
+) -> None:
+    cohort = client.submit(LONG)
+    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    assert stack.redis is not None
+    port, redis_dir = stack.redis.port, stack.data_dir / "redis"
+    stack.redis.stop()
+    time.sleep(1.0)
+    from service.localstack import start_redis
+
+    stack.redis = start_redis(redis_dir, port=port)  # same AOF directory and port
+    final = client.wait(cohort["id"], timeout=300)
+    assert final["status"] == "succeeded" and final["progress"]["done"] == 4
+    assert _niftis(client, cohort["id"]) == reference
+
+
+def test_storage_down_for_seconds_is_retried(
+    stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
+) -> None:
+    cohort = client.submit(LONG)
+    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    assert stack.s3 is not None
+    s3 = stack.s3
+    s3.stop()
+    time.sleep(3.0)
+    from service.localstack import start_s3
+
+    stack.s3 = start_s3(stack.data_dir / "s3", s3.access_key, s3.secret_key, port_base=s3.port_base)
+    final = client.wait(cohort["id"], timeout=300)
+    assert final["status"] == "succeeded" and final["progress"]["done"] == 4
+    assert _niftis(client, cohort["id"]) == reference
+
+
+def test_a_cohort_record_lost_from_redis_is_rebuilt_from_storage(stack: LocalStack, client: BrainSynthClient) -> None:
+    cohort = client.submit({"model": "tiny", "n_subjects": 2, "seed": 8, "sampler": {"steps": 5}})
+    client.wait(cohort["id"], timeout=120)
+    import redis
+
+    broker = redis.Redis.from_url(stack.redis.url)  # type: ignore[union-attr]
+    assert broker.delete(f"brainsynth:cohort:{cohort['id']}", f"brainsynth:cohort:{cohort['id']}:done") == 2
+    status = client.status(cohort["id"])
+    assert status["status"] == "succeeded" and status["progress"] == {"done": 2, "total": 2}
