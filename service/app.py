@@ -42,8 +42,8 @@ from models.registry import ModelEntry, list_models
 from service.archive import stream_zip
 from service.schemas import CohortPage, CohortRequest, CohortStatus, Progress, SubjectOut, SubjectPage
 from service.settings import ServiceSettings
-from worker.celery_app import create_app as create_celery
 from worker.contract import GENERATE_SUBJECT, SubjectJob
+from worker.queue import create_app as create_celery
 from worker.state import (
     FINAL,
     MANIFEST,

@@ -21,3 +21,9 @@ def test_models_imports_no_service_stack() -> None:
 def test_service_package_imports_no_torch() -> None:
     loaded = _modules_after_import("service")
     assert "torch" not in loaded and "models" not in loaded
+
+
+def test_api_server_and_client_never_import_torch() -> None:
+    for module in ("service.app", "service.cli", "service.client", "brainsynth.cli", "worker.state"):
+        loaded = _modules_after_import(module)
+        assert "torch" not in loaded and "monai" not in loaded, module

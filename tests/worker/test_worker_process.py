@@ -21,7 +21,8 @@ from models.design import CohortDesign, design_subjects
 from models.pipeline import BrainLDMPipeline
 from service.localstack import RedisServer, S3Server, start_redis
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from worker.contract import GENERATE_SUBJECT
+from worker.contract import GENERATE_SUBJECT, SubjectJob
+from worker.state import CohortState, StoredCohort, connect, register_cohort
 from worker.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,17 @@ def _job(cohort: str, index: int, steps: int, model_dir: Path) -> tuple[dict, by
     return payload, expected
 
 
+def _register(stack: dict, cohort: str, payloads: list[dict]) -> None:
+    """Make the cohort known as the API does (cohort.json, then the Redis record) before queueing."""
+    jobs = [SubjectJob.model_validate(p) for p in payloads]
+    stored = StoredCohort(id=cohort, tenant="lab-a", model="tiny", created_at=time.time(), request={}, subjects=jobs)
+    register_cohort(CohortState(connect(stack["redis"].url)), stack["store"], stored)
+
+
+def _subject_keys(stack: dict, cohort: str) -> list[str]:
+    return [k for k in stack["store"].list_keys(f"tenants/lab-a/cohorts/{cohort}/bids/") if "/sub-" in k]
+
+
 def _wait_until_started(broker: redis.Redis, attempts_key: str) -> None:
     """A task has started once it counted its attempt (its first action)."""
     deadline = time.monotonic() + 60
@@ -103,22 +115,23 @@ def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
     worker = _start_worker(stack["env"], stack["run"] / "worker-a.log")
     try:
         jobs = [_job("c-simple", i, 4, stack["model"]) for i in range(2)]
+        _register(stack, "c-simple", [payload for payload, _ in jobs])
         results = [stack["client"].send_task(GENERATE_SUBJECT, args=[payload]) for payload, _ in jobs]
         outputs = [r.get(timeout=180) for r in results]
-        assert [o["skipped"] for o in outputs] == [False, False]
+        assert [o["outcome"] for o in outputs] == ["stored", "stored"]
         for (_payload, expected), output in zip(jobs, outputs, strict=True):
             assert stack["store"].get_bytes(output["image_key"]) == expected
             assert output["image_key"].startswith("tenants/lab-a/cohorts/c-simple/bids/sub-")
         again = stack["client"].send_task(GENERATE_SUBJECT, args=[jobs[0][0]]).get(timeout=60)
-        assert again["skipped"] is True
-        keys = stack["store"].list_keys("tenants/lab-a/cohorts/c-simple/")
-        assert len(keys) == 4  # 2 x (NIfTI + sidecar), nothing duplicated
+        assert again["outcome"] in ("already_stored", "not_run")  # the cohort may have succeeded already
+        assert len(_subject_keys(stack, "c-simple")) == 4  # 2 x (NIfTI + sidecar), nothing duplicated
     finally:
         _stop(worker)
 
 
 def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     payload, expected = _job("c-killed", 0, 30, stack["model"])
+    _register(stack, "c-killed", [payload])
     attempts_key = f"brainsynth:attempts:lab-a:c-killed:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
@@ -134,17 +147,18 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     second = _start_worker(stack["env"], stack["run"] / "worker-c.log")
     try:
         output = result.get(timeout=VISIBILITY_TIMEOUT + 300)
-        assert output["skipped"] is False
+        assert output["outcome"] == "stored"
         assert broker.get(attempts_key) == b"2"
         assert stack["store"].get_bytes(output["image_key"]) == expected
         assert stack["store"].exists(result_key)
-        assert len(stack["store"].list_keys("tenants/lab-a/cohorts/c-killed/")) == 2
+        assert len(_subject_keys(stack, "c-killed")) == 2
     finally:
         _stop(second)
 
 
 def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: dict) -> None:
     payload, _ = _job("c-poison", 0, 30, stack["model"])
+    _register(stack, "c-poison", [payload])
     attempts_key = f"brainsynth:attempts:lab-a:c-poison:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
@@ -159,6 +173,9 @@ def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: 
             result.get(timeout=VISIBILITY_TIMEOUT + 120)
         assert type(info.value).__name__ == "PoisonTaskError"
         assert result.state == "FAILURE"
-        assert stack["store"].list_keys("tenants/lab-a/cohorts/c-poison/") == []
+        assert _subject_keys(stack, "c-poison") == []
+        record = CohortState(connect(stack["redis"].url)).get("c-poison")
+        assert record is not None and record.status == "failed"
+        assert record.error is not None and payload["participant_id"] in record.error
     finally:
         _stop(second)

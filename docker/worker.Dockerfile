@@ -1,0 +1,24 @@
+# A GPU worker: CUDA runtime, torch built for CUDA, one solo-pool Celery process per GPU.
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# CUDA build of torch first (pinned), then the project with the worker's extras.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY brainsynth brainsynth
+COPY models models
+COPY service service
+COPY worker worker
+RUN pip install ".[stack]" && useradd --create-home --uid 10001 brainsynth
+USER brainsynth
+# Model directories (model.json + weights) are mounted here; the shipped demo model is in the image.
+ENV BRAINSYNTH_MODELS_DIR=/models
+HEALTHCHECK --interval=30s --timeout=10s --retries=3 \
+  CMD celery -A worker.celery_app inspect ping -d "worker@$HOSTNAME" --timeout 5 || exit 1
+CMD ["celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--hostname=worker@%h", \
+     "--without-mingle", "--without-gossip", "--loglevel=INFO"]
