@@ -306,3 +306,24 @@ def test_a_cohort_record_lost_from_redis_is_rebuilt_from_storage(stack: LocalSta
     assert broker.delete(f"brainsynth:cohort:{cohort['id']}", f"brainsynth:cohort:{cohort['id']}:done") == 2
     status = client.status(cohort["id"])
     assert status["status"] == "succeeded" and status["progress"] == {"done": 2, "total": 2}
+
+
+def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    common = ["--url", stack.url, "--api-key", KEYS["lab-a"]]
+    assert main(["submit", "--model", "tiny", "--n", "2", "--seed", "4", "--age", "70", "--sex", "F",
+                 "--steps", "5", "--wait", *common]) == 0  # fmt: skip
+    cohort_id = capsys.readouterr().out.splitlines()[0]
+    assert main(["status", cohort_id, "--json", *common]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["status"] == "succeeded"
+    assert status["request"]["covariates"]["age"] == {"value": 70.0, "min": None, "max": None}
+    assert main(["download", cohort_id, "--out", str(tmp_path), *common]) == 0
+    dataset = Path(capsys.readouterr().out.strip())
+    rows = (dataset / "participants.tsv").read_text().splitlines()[1:]
+    assert [row.split("\t")[2] for row in rows] == ["F", "F"]
+    assert main(["status", "0" * 32, *common]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["status", cohort_id, "--url", stack.url, "--api-key", "wrong"]) == 1
+    assert "401" in capsys.readouterr().err
