@@ -14,7 +14,8 @@ models and sampling on this machine:
   models     list registered models (models import-bundle DIR: import the released weights)
   sample     generate a cohort and write it as a BIDS dataset
   phantoms   write MNI152 phantoms with known volumes (training data)
-  train      train a model's autoencoder, then its diffusion UNet
+  train      train a model's autoencoder, then its diffusion UNet (or the volume probe)
+  evaluate   measure a model's conditioning fidelity and diversity (report + PNG sweeps)
 
 the service:
   up         start Redis, S3 (SeaweedFS), workers and the API as local processes; Ctrl-C stops all

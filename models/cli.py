@@ -59,7 +59,70 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
         sub.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
         sub.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 autocast on cuda")
+    probe = stages.add_parser("volumes", help="train the volume probe that `evaluate` measures with (phantoms)")
+    probe.add_argument("--data", type=Path, required=True, help="phantom BIDS folder to train on")
+    probe.add_argument("--validation", type=Path, required=True, help="phantoms of another seed, held out")
+    probe.add_argument("--out", type=Path, required=True, help="folder for volume_probe.pt/.json")
+    probe.add_argument("--model", default="demo", help="model whose grid the probe measures (default demo)")
+    probe.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    probe.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+
+    evaluate = commands.add_parser("evaluate", help="measure a model's conditioning fidelity and diversity")
+    evaluate.add_argument("--model", required=True, help="registered model name or model directory")
+    evaluate.add_argument("--n", type=int, required=True, help="subjects to sample for the fidelity measures")
+    evaluate.add_argument("--out", type=Path, required=True, help="report folder (report.md/.json, PNG sweeps)")
+    evaluate.add_argument("--probe", type=Path, help="volume probe folder (default: the model directory)")
+    evaluate.add_argument("--data", type=Path, help="the training data, for MS-SSIM of real pairs")
+    evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
+    evaluate.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    evaluate.add_argument("--batch-size", type=int, default=4, help="default 4")
+    evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     return parser
+
+
+def _cmd_train_volumes(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models.volumes import train_probe
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    config = read_model_config(resolve_model_dir(args.model))
+    with tqdm(total=args.steps, unit="step", desc="training volume probe", file=sys.stderr) as bar:
+
+        def progress(step: int, loss: float) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        probe = train_probe(config, args.data, args.validation, steps=args.steps, seed=args.seed, callback=progress)
+    probe.save(args.out)
+    v = probe.info.validation
+    print(
+        f"volume probe in {args.out.resolve()}; on {int(v['n'])} held-out phantoms: ventricles r "
+        f"{v['ventricles_pearson_r']} (MAE {v['ventricles_mae_mm3']:,.0f} mm3), brain r {v['brain_pearson_r']} "
+        f"(MAE {v['brain_mae_mm3']:,.0f} mm3)"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import EvaluationSettings, evaluate
+    from models.pipeline import BrainLDMPipeline
+    from models.volumes import VolumeProbe
+
+    if args.n < 2:
+        raise UsageError(f"--n must be at least 2 (a correlation needs pairs), got {args.n}")
+    model_dir = resolve_model_dir(args.model)
+    probe = VolumeProbe.load(args.probe or model_dir)
+    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
+    settings = EvaluationSettings(n=args.n, seed=args.seed, steps=args.steps, batch_size=args.batch_size)
+    report = evaluate(
+        pipeline, probe, settings, args.out, training_data=args.data,
+        callback=lambda message: print(f"evaluate: {message}", file=sys.stderr),
+    )  # fmt: skip
+    print((args.out / "report.md").read_text())
+    print(f"report: {(args.out / 'report.md').resolve()}")
+    return 0 if report else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -227,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "phantoms":
             return _cmd_phantoms(args)
         if args.command == "train":
-            return _cmd_train(args)
+            return _cmd_train_volumes(args) if args.stage == "volumes" else _cmd_train(args)
+        if args.command == "evaluate":
+            return _cmd_evaluate(args)
         return _cmd_sample(args)
     except UsageError as err:
         print(f"brainsynth: error: {err}", file=sys.stderr)
