@@ -44,7 +44,7 @@ def add_cohort_arguments(parser: argparse.ArgumentParser, *, seed_required: bool
     brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
     parser.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
     parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
 

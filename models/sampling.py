@@ -24,6 +24,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMSchedule
 from models.config import SchedulerConfig
 from models.design import SEED_MASK, check_sampler
 from models.errors import SamplingError
+from models.solvers import DPMSolverPP2M
 
 #: ``callback(step, total)`` is called after each denoising step (1-based).
 StepCallback = Callable[[int, int], None]
@@ -41,14 +42,15 @@ def initial_latent(generator: torch.Generator, latent_shape: Sequence[int]) -> t
     return torch.randn((1, *latent_shape), generator=generator, dtype=torch.float32)
 
 
-def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: int) -> Scheduler:
+def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: int) -> Scheduler | DPMSolverPP2M:
     """A fresh MONAI scheduler (schedulers are stateful) with timesteps set.
 
     DDIM uses the bundle's "leading" timesteps ``(arange(K) * (T // K))[::-1]`` (980, 960, ..., 0 for
     K = 50): MONAI >= 1.6 spaces them by ``linspace`` (999, 979, 958, ...) while its ``step`` still assumes
     a stride of T // K, so its own schedule would not match the released model's sampling. eta is given
     at each step (0 = deterministic, as in the bundle). DDPM runs all T steps (MONAI's DDPM step assumes
-    consecutive timesteps). PNDM runs as PLMS (``skip_prk_steps``), the usual few-step setting.
+    consecutive timesteps). PNDM runs as PLMS (``skip_prk_steps``), the usual few-step setting. ``dpmpp2m`` is
+    DPM-Solver++(2M) (:mod:`models.solvers`).
     """
     check_sampler(sampler, num_inference_steps, config.num_train_timesteps)
     total = config.num_train_timesteps
@@ -59,6 +61,9 @@ def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: 
         "beta_end": config.beta_end,
         "prediction_type": config.prediction_type,
     }
+    if sampler == "dpmpp2m":
+        reference = DDIMScheduler(**common)  # the same betas; only its alphas_cumprod is used
+        return DPMSolverPP2M(reference.alphas_cumprod, num_inference_steps)
     scheduler: Scheduler
     if sampler == "ddim":
         scheduler = DDIMScheduler(clip_sample=config.clip_sample, **common)
@@ -79,7 +84,7 @@ def _draws_noise(sampler: str, eta: float) -> bool:
 
 def denoise(
     unet: torch.nn.Module,
-    scheduler: Scheduler,
+    scheduler: Scheduler | DPMSolverPP2M,
     sampler: str,
     conditioning: torch.Tensor,
     generators: Sequence[torch.Generator],

@@ -85,8 +85,8 @@ class SubjectIn(BaseModel):
 class SamplerIn(BaseModel):
     model_config = _STRICT
 
-    name: Literal["ddim", "ddpm", "pndm"] = "ddim"
-    steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, all 1000 for ddpm")
+    name: Literal["ddim", "ddpm", "pndm", "dpmpp2m"] = "ddim"
+    steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, 1000 for ddpm, 15 for dpmpp2m")
 
 
 class CohortRequest(BaseModel):

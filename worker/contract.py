@@ -25,7 +25,7 @@ class SubjectJob(BaseModel):
     ventricular_volume_mm3: float
     brain_volume_mm3: float
     seed: int = Field(ge=0, le=2**63 - 1)
-    sampler: Literal["ddim", "ddpm", "pndm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "pndm", "dpmpp2m"] = "ddim"
     steps: int = Field(50, ge=1, le=1000)
     dtype: Literal["float32", "uint8"] = "float32"
     extrapolate: bool = False
