@@ -12,13 +12,14 @@ DEMO_MODEL ?= data/demo-model
 DEMO_AE_STEPS ?= 1200
 DEMO_DIFFUSION_STEPS ?= 2400
 
-.PHONY: help install test test-slow lint format demo demo-model clean
+.PHONY: help install test test-slow lint format demo demo-model bench clean
 
 help:
 	@echo "make demo   - install, start the service locally, generate a 4-subject demo cohort into $(DEMO_OUT)"
 	@echo "make test   - install, then run the default test suite"
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
+	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
 	@echo "make demo-model - regenerate the phantoms and retrain the shipped demo model (CPU, ~1.5 h)"
 
 $(BIN)/python:
@@ -70,6 +71,11 @@ demo-model: install
 		--steps $(DEMO_DIFFUSION_STEPS) --batch-size 16 --seed 0 --device cpu
 	mkdir -p models/zoo/demo
 	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt models/zoo/demo/
+
+# Benchmarks print a table and write out/bench.json; numbers, not assertions.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

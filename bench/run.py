@@ -1,0 +1,311 @@
+"""``make bench``: sampling speed against the bundle's loop, few-step samplers with their fidelity, worker
+I/O per subject, and archive streaming; one table, printed and written as JSON. All rows are measured in
+this one process run, so ratios hold on a noisy machine.
+
+    python -m bench.run [--preset demo|ukb] [--device cpu|cuda] [--n 16] [--archive-gb 2] [--out out/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.baseline import bundle_loop
+from models.conditioning import Covariates
+from models.design import subject_seed
+from models.nifti import nifti_gz_bytes, to_nifti
+from models.pipeline import BrainLDMPipeline
+from models.registry import resolve_model_dir
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms from /proc)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.cuda_peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+    @property
+    def mib(self) -> float:
+        peak = self.cuda_peak if self.cuda_peak is not None else self.peak
+        return round(peak / 2**20, 1)
+
+
+def _covariates(n: int, seed: int, probe_ranges: tuple[tuple[float, float], tuple[float, float]]) -> list[Covariates]:
+    rng = np.random.default_rng(seed)
+    (v_lo, v_hi), (b_lo, b_hi) = probe_ranges
+    return [
+        Covariates("F" if i % 2 else "M", float(rng.uniform(44, 82)), float(rng.uniform(v_lo, v_hi)),
+                   float(rng.uniform(b_lo, b_hi)))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _timed(action: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak MiB)."""
+    with PeakRSS() as memory:
+        start = time.perf_counter()
+        result = action()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return result, seconds, memory.mib
+
+
+def _row(name: str, brains: int, seconds: float, mib: float, **extra: Any) -> dict[str, Any]:
+    per = seconds / brains
+    return {"row": name, "s_per_brain": round(per, 3), "brains_per_hour": round(3600 / per), "peak_mib": mib, **extra}
+
+
+def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[[str], None]) -> list[dict]:
+    config = pipeline.config
+    ranges = (probe.info.ventricular_range_mm3, probe.info.brain_range_mm3) if probe else (
+        (config.conditioning.ventricular_volume_mm3.min, config.conditioning.ventricular_volume_mm3.max),
+        (config.conditioning.brain_volume_mm3.min, config.conditioning.brain_volume_mm3.max))  # fmt: skip
+    covariates = _covariates(n, 1, ranges)
+    seeds = [subject_seed(1, i) for i in range(n)]
+    from models.conditioning import normalise
+
+    vectors = [list(normalise(c, config.conditioning)) for c in covariates]
+    rows = []
+    baseline_n = min(n, 4)
+    say(f"baseline: the bundle's loop, batch 1, {baseline_n} brains")
+    baseline, seconds, mib = _timed(lambda: [bundle_loop(pipeline, vectors[i], seeds[i]) for i in range(baseline_n)])
+    base_per = seconds / baseline_n
+    rows.append(_row("bundle loop (baseline), ddim 50, batch 1", baseline_n, seconds, mib, speedup=1.0))
+    say("project sampler, same settings")
+    ours, seconds, mib = _timed(
+        lambda: pipeline(covariates[:baseline_n], seeds[:baseline_n], sampler="ddim", num_inference_steps=50)
+    )
+    difference = max(float(np.abs(b[0, 0].cpu().numpy() - o.volume).max()) for b, o in zip(baseline, ours, strict=True))
+    speedup = round(base_per / (seconds / baseline_n), 2)
+    rows.append(
+        _row("project sampler, ddim 50, batch 1", baseline_n, seconds, mib, speedup=speedup,
+             max_abs_diff_vs_baseline=difference)
+    )  # fmt: skip
+
+    def fidelity(samples: list) -> float | None:
+        if probe is None:
+            return None
+        images = torch.from_numpy(np.stack([np.clip(s.volume, 0, 1) for s in samples])[:, None]).float()
+        measured = probe.measure(images)[:, 0]
+        from models.volumes import pearson_r
+
+        return round(pearson_r(np.array([c.ventricular_volume_mm3 for c in covariates]), measured), 4)
+
+    reference_r = None
+    for batch in (2, 4, 8):
+        say(f"project sampler, ddim 50, batch {batch}")
+        samples, seconds, mib = _timed(
+            lambda batch=batch: pipeline(covariates, seeds, sampler="ddim", num_inference_steps=50, batch_size=batch)
+        )
+        extra: dict[str, Any] = {"speedup": round(base_per / (seconds / n), 2)}
+        if batch == 8:
+            reference_r = fidelity(samples)
+            extra["ventricles_r"] = reference_r
+        rows.append(_row(f"project sampler, ddim 50, batch {batch}", n, seconds, mib, **extra))
+    for sampler, steps in (("ddim", 25), ("ddim", 10), ("dpmpp2m", 15), ("dpmpp2m", 10), ("dpmpp2m", 5)):
+        say(f"{sampler} {steps}, batch 8")
+        samples, seconds, mib = _timed(
+            lambda s=sampler, k=steps: pipeline(covariates, seeds, sampler=s, num_inference_steps=k, batch_size=8)
+        )
+        r = fidelity(samples)
+        extra = {"speedup": round(base_per / (seconds / n), 2), "ventricles_r": r}
+        if r is not None and reference_r:
+            extra["fidelity_vs_ddim50_percent"] = round(100 * (r - reference_r) / abs(reference_r), 1)
+        rows.append(_row(f"{sampler} {steps}, batch 8", n, seconds, mib, **extra))
+    return rows
+
+
+def io_rows(pipeline: BrainLDMPipeline, sample_seconds: float, say: Callable[[str], None]) -> list[dict]:
+    """Per-subject NIfTI encode, gzip (levels, isal) and upload to a local SeaweedFS, vs sampling time."""
+    from service.localstack import start_s3
+    from worker.storage import ObjectStore
+
+    volume = pipeline([Covariates("F", 65, 30000, 1.5e6)], [3], num_inference_steps=2)[0].volume
+    image = to_nifti(volume, np.asarray(pipeline.config.affine), "float32")
+    raw = image.to_bytes()
+    rows = []
+
+    def per_subject(label: str, action: Callable[[], Any], repeats: int = 5) -> float:
+        start = time.perf_counter()
+        for _ in range(repeats):
+            action()
+        seconds = (time.perf_counter() - start) / repeats
+        rows.append({"row": label, "s_per_subject": round(seconds, 4), "bytes_in": len(raw)})
+        return seconds
+
+    encode = per_subject("worker I/O: NIfTI encode + gzip level 9 (as shipped)", lambda: nifti_gz_bytes(image))
+    for level in (1, 6):
+        per_subject(f"gzip level {level} (stdlib)", lambda level=level: gzip.compress(raw, level, mtime=0))
+    try:
+        from isal import igzip
+
+        per_subject("gzip level 2 (isal)", lambda: igzip.compress(raw, 2, mtime=0))
+    except ImportError:
+        rows.append({"row": "gzip (isal)", "s_per_subject": "not measured: isal not installed"})
+    payload = nifti_gz_bytes(image)
+    with tempfile.TemporaryDirectory() as run:
+        server = start_s3(Path(run), "bench", "bench-secret-key")
+        try:
+            store = ObjectStore(server.endpoint, "bench", "bench-secret-key", "bench")
+            store.ensure_bucket()
+            store.put_bytes("warm-up", payload)
+            counter = iter(range(10**6))
+            upload = per_subject(
+                "worker I/O: upload to local S3 (SeaweedFS)",
+                lambda: store.put_bytes(f"subject-{next(counter)}", payload, "application/gzip"),
+            )
+        finally:
+            server.stop()
+    total_io = encode + upload
+    share = sample_seconds / (sample_seconds + total_io)
+    rows.append({"row": "worker: sampling share of task time (I/O sequential after sampling, not overlapped)",
+                 "sampling_share_percent": round(100 * share, 1), "s_per_subject": round(total_io, 4)})  # fmt: skip
+    say("I/O measured")
+    return rows
+
+
+def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
+    """Stream a >= 2 GB cohort from a local SeaweedFS through the archive writer (the route's code path)."""
+    from service.archive import stream_zip
+    from service.localstack import start_s3
+    from worker.storage import ObjectStore
+
+    object_mib = 16
+    count = max(1, int(gigabytes * 1024 / object_mib))
+    blob = np.random.default_rng(0).integers(0, 256, object_mib * 2**20, dtype=np.uint8).tobytes()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as run:
+        server = start_s3(Path(run), "bench", "bench-secret-key")
+        try:
+            store = ObjectStore(server.endpoint, "bench", "bench-secret-key", "bench")
+            store.ensure_bucket()
+            say(f"uploading {count} x {object_mib} MiB for the archive")
+            for index in range(count):
+                store.put_bytes(f"cohort/sub-{index:06d}.nii.gz", blob, "application/gzip")
+            del blob
+            objects = store.list_objects("cohort/")
+            total = 0
+            with PeakRSS() as memory:
+                before = PeakRSS._rss()
+                start = time.perf_counter()
+                for block in stream_zip((key, size, store.stream(key)) for key, size in objects):
+                    total += len(block)
+                seconds = time.perf_counter() - start
+            rss_growth = (memory.peak - before) / 2**20
+        finally:
+            server.stop()
+    say("archive measured")
+    return [{"row": f"archive: ZIP64 stream of {total / 1e9:.2f} GB from S3", "mb_per_s": round(total / 1e6 / seconds),
+             "peak_rss_growth_mib": round(rss_growth, 1), "peak_rss_mib": round(memory.peak / 2**20, 1)}]  # fmt: skip
+
+
+def gpu_rows(device: torch.device) -> list[dict]:
+    if device.type == "cuda":
+        return []
+    reason = "not measured: no GPU on this machine (this task was lent no GPU machine)"
+    return [{"row": f"GPU: {what}", "s_per_brain": reason} for what in (
+        "ukb preset, ddim 50, bf16 autocast (target <= 0.25 s/brain on an H100)",
+        "torch.compile / CUDA graphs", "tiled decode at full size (24 GB card)")]  # fmt: skip
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = ["row", "s_per_brain", "brains_per_hour", "speedup", "peak_mib", "ventricles_r",
+               "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "s_per_subject", "sampling_share_percent",
+               "mb_per_s", "peak_rss_growth_mib"]  # fmt: skip
+    used = [c for c in columns if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
+    for r in rows:
+        cells = []
+        for c in used:
+            value = r.get(c, "")
+            cells.append(f"{value:.2e}" if c == "max_abs_diff_vs_baseline" and value != "" else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("demo", "ukb"), default="demo")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=16, help="subjects per batched/fast-sampler row (default 16)")
+    parser.add_argument("--archive-gb", type=float, default=2.0)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("sampling", "io", "archive"))
+    parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    say = lambda message: print(f"bench: {message}", flush=True)  # noqa: E731
+    if args.preset == "demo":
+        model_dir = resolve_model_dir("demo")
+        pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
+    else:  # the exact ukb architecture with random weights unless imported ones exist: speed only
+        from models.networks import build_autoencoder, build_unet
+        from models.pipeline import resolve_device
+        from models.presets import ukb
+
+        config = ukb()
+        pipeline = BrainLDMPipeline(config, build_autoencoder(config), build_unet(config), resolve_device(args.device))
+    probe = None
+    if args.preset == "demo":
+        from models.volumes import VolumeProbe
+
+        try:
+            probe = VolumeProbe.load(model_dir)
+        except Exception as err:  # reported in the table: fidelity columns stay empty
+            say(f"no volume probe ({err}): fidelity not measured")
+    rows: list[dict] = []
+    if "sampling" not in args.skip:
+        rows += sampling_rows(pipeline, args.n, probe, say)
+    sample_seconds = next((r["s_per_brain"] for r in rows if r["row"].startswith("project sampler, ddim 50, batch 1")),
+                          None)  # fmt: skip
+    if "io" not in args.skip:
+        rows += io_rows(pipeline, sample_seconds or 1.0, say)
+    if "archive" not in args.skip:
+        rows += archive_rows(args.archive_gb, say)
+    rows += gpu_rows(pipeline.device)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " \
+              f"{torch.get_num_threads()} threads, device {pipeline.device}"  # fmt: skip
+    table = format_table(rows)
+    print(f"\nBrainSynth benchmark: preset {args.preset}, {machine}\n")
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"preset": args.preset, "machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
