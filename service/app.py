@@ -42,7 +42,7 @@ from models.registry import ModelEntry, list_models
 from service.archive import stream_zip
 from service.schemas import CohortPage, CohortRequest, CohortStatus, Progress, SubjectOut, SubjectPage
 from service.settings import ServiceSettings
-from worker.contract import GENERATE_SUBJECT, SubjectJob
+from worker.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
 from worker.queue import create_app as create_celery
 from worker.state import (
     FINAL,
@@ -199,19 +199,28 @@ class Service:
                 for spec in specs
             ]
             stored = StoredCohort(
-                id=cohort_id, tenant=tenant, model=entry.name, created_at=time.time(), request=completed, subjects=jobs
+                id=cohort_id,
+                tenant=tenant,
+                model=entry.name,
+                created_at=time.time(),
+                request=completed,
+                subjects=jobs,
+                subjects_per_task=self.settings.subjects_per_task,
             )
             record = register_cohort(self.state, self.store, stored)
         except BaseException:
             if idempotency_key is not None:
                 self.state.release_idempotency_key(tenant, idempotency_key, cohort_id)
             raise
-        self.enqueue(jobs)
+        self.enqueue(stored)
         return record, True
 
-    def enqueue(self, jobs: list[SubjectJob]) -> None:
-        for job in jobs:
-            self.celery.send_task(GENERATE_SUBJECT, args=[job.model_dump()])
+    def enqueue(self, stored: StoredCohort, done: set[str] | None = None) -> None:
+        """One task per batch of the cohort (``subjects_per_task`` consecutive subjects, sampled together by
+        a worker); with ``done``, only the batches that still have a subject to store."""
+        for subjects in stored.batches():
+            if done is None or any(job.participant_id not in done for job in subjects):
+                self.celery.send_task(GENERATE_SUBJECTS, args=[SubjectBatch(subjects=subjects).model_dump()])
 
     def _await_record(self, tenant: str, cohort_id: str, timeout: float = 10.0) -> CohortRecord:
         """The cohort a concurrent request with the same Idempotency-Key is creating."""
@@ -234,8 +243,7 @@ class Service:
             record = recover_cohort(self.state, self.store, tenant, cohort_id)
             if record is not None and record.status not in FINAL:
                 stored = self.stored(record)
-                done = stored_subjects(self.store, stored)
-                self.enqueue([job for job in stored.subjects if job.participant_id not in done])
+                self.enqueue(stored, done=stored_subjects(self.store, stored))
                 log.warning("cohort %s was rebuilt from object storage and its missing subjects queued", cohort_id)
         if record is None or record.tenant != tenant:
             raise HTTPException(404, f"cohort {cohort_id} not found")

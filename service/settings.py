@@ -43,6 +43,8 @@ class ServiceSettings(WorkerSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     presign_expiry_s: int = Field(300, ge=5, le=3600)
     page_size_max: int = Field(100, ge=1)
+    #: Subjects sampled together by a worker (one UNet batch per task); part of how a subject's bytes are made.
+    subjects_per_task: int = Field(4, ge=1, le=16)
 
     @model_validator(mode="before")
     @classmethod

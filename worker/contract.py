@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
-GENERATE_SUBJECT = "cohort.generate_subject"
+GENERATE_SUBJECTS = "cohort.generate_subjects"
 FINALIZE_COHORT = "cohort.finalize"
 
 
@@ -29,6 +29,25 @@ class SubjectJob(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     dtype: Literal["float32", "uint8"] = "float32"
     extrapolate: bool = False
+
+
+class SubjectBatch(BaseModel):
+    """A few subjects of one cohort sampled together in one task (one UNet batch): batching is the main
+    speed-up on any device, and a task stays far shorter than the visibility timeout."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subjects: list[SubjectJob] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_cohort_one_setting(self) -> SubjectBatch:
+        first = self.subjects[0]
+        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate")
+        for job in self.subjects[1:]:
+            for name in shared:
+                if getattr(job, name) != getattr(first, name):
+                    raise ValueError(f"every subject of a batch must share {name}")
+        return self
 
 
 class SubjectResult(BaseModel):

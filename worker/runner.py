@@ -1,4 +1,4 @@
-"""Plain logic of the worker's tasks (no Celery here): sample a subject into object storage; finalise a cohort.
+"""Plain logic of the worker's tasks (no Celery here): sample subjects into object storage; finalise a cohort.
 
 Both are idempotent: keys are deterministic, a subject's sidecar is written last and marks it stored, and a
 cohort's manifest is written last and marks the dataset complete.
@@ -26,7 +26,7 @@ from models.conditioning import Covariates
 from models.config import ModelConfig
 from models.design import SubjectSpec
 from models.pipeline import BrainLDMPipeline
-from worker.contract import FinalizeJob, SubjectJob, SubjectResult
+from worker.contract import FinalizeJob, SubjectBatch, SubjectResult
 from worker.state import MANIFEST, StoredCohort, bids_prefix, cohort_json_key
 from worker.storage import ObjectStore
 
@@ -34,30 +34,46 @@ from worker.storage import ObjectStore
 DEFAULT_COHORT_NAME = "BrainSynth synthetic cohort"
 
 
-def generate_subject(
-    job: SubjectJob, store: ObjectStore, pipeline_for: Callable[[str], BrainLDMPipeline]
-) -> SubjectResult:
-    """Generate and upload one subject unless its sidecar (written last) already exists.
+def generate_subjects(
+    batch: SubjectBatch, store: ObjectStore, pipeline_for: Callable[[str], BrainLDMPipeline]
+) -> list[SubjectResult]:
+    """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing.
 
-    Keys are deterministic and the bytes depend only on the job, so a redelivered task either skips or
-    rewrites identical objects: a subject is never duplicated or changed.
+    A redelivered batch is sampled whole again, so the subjects it still has to store get the same bytes
+    as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
     """
-    prefix = bids_prefix(job.tenant, job.cohort_id)
-    image_key = prefix + t1w_path(job.participant_id)
-    if store.exists(prefix + sidecar_path(job.participant_id)):
-        return SubjectResult(participant_id=job.participant_id, image_key=image_key, outcome="already_stored")
-    pipeline = pipeline_for(job.model)
-    covariates = Covariates(job.sex, job.age, job.ventricular_volume_mm3, job.brain_volume_mm3)
-    sample = pipeline(
-        [covariates], [job.seed], sampler=job.sampler, num_inference_steps=job.steps, extrapolate=job.extrapolate
-    )[0]
-    settings = SamplerSettings(job.sampler, job.steps, 0.0, 1, job.dtype)
-    spec = SubjectSpec(job.participant_id, covariates, job.seed)
-    _, files = subject_files(pipeline.config, spec, sample, settings, str(pipeline.device))
-    for relative, content in files.items():  # NIfTI first, sidecar last
-        content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
-        store.put_bytes(prefix + relative, content, content_type)
-    return SubjectResult(participant_id=job.participant_id, image_key=image_key, outcome="stored")
+    first = batch.subjects[0]
+    prefix = bids_prefix(first.tenant, first.cohort_id)
+    existing = set(store.list_keys(prefix))
+    missing = [job for job in batch.subjects if prefix + sidecar_path(job.participant_id) not in existing]
+    results = {
+        job.participant_id: SubjectResult(
+            participant_id=job.participant_id, image_key=prefix + t1w_path(job.participant_id), outcome="already_stored"
+        )
+        for job in batch.subjects
+    }
+    if missing:
+        pipeline = pipeline_for(first.model)
+        covariates = [Covariates(j.sex, j.age, j.ventricular_volume_mm3, j.brain_volume_mm3) for j in batch.subjects]
+        samples = pipeline(
+            covariates,
+            [job.seed for job in batch.subjects],
+            sampler=first.sampler,
+            num_inference_steps=first.steps,
+            batch_size=len(batch.subjects),
+            extrapolate=first.extrapolate,
+        )
+        settings = SamplerSettings(first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype)
+        for job, covariate, sample in zip(batch.subjects, covariates, samples, strict=True):
+            if job not in missing:
+                continue
+            spec = SubjectSpec(job.participant_id, covariate, job.seed)
+            _, files = subject_files(pipeline.config, spec, sample, settings, str(pipeline.device))
+            for relative, content in files.items():  # NIfTI first, sidecar last
+                content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
+                store.put_bytes(prefix + relative, content, content_type)
+            results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
+    return [results[job.participant_id] for job in batch.subjects]
 
 
 def _record_from_sidecar(participant: str, sidecar: dict) -> SubjectRecord:

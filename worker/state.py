@@ -68,6 +68,13 @@ class StoredCohort(BaseModel):
     created_at: float
     request: dict[str, Any]
     subjects: list[SubjectJob]
+    #: consecutive subjects per task; a subject's bytes depend (within 1e-5) on its batch, so re-queued
+    #: work keeps the same batches
+    subjects_per_task: int = Field(1, ge=1, le=16)
+
+    def batches(self) -> list[list[SubjectJob]]:
+        size = self.subjects_per_task
+        return [self.subjects[start : start + size] for start in range(0, len(self.subjects), size)]
 
 
 def cohort_key(cohort_id: str) -> str:

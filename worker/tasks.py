@@ -1,7 +1,8 @@
 """Thin Celery tasks: parse the payload, keep the cohort's state, call :mod:`worker.runner`.
 
-A subject task settles its subject exactly once in the cohort's state (stored, not run, or failed); the
-task that settles the last subject queues the cohort's finalisation, which writes the manifest last.
+A task takes a small batch of one cohort's subjects and settles each of them in the cohort's state
+(stored, not run, or failed); the task that settles the last subject queues the cohort's finalisation,
+which writes the manifest last.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from models.errors import BrainSynthError
 from models.registry import resolve_model_dir
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.contract import FINALIZE_COHORT, GENERATE_SUBJECT, FinalizeJob, SubjectJob, SubjectResult
+from worker.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
 from worker.gpu import pipeline_for
-from worker.runner import finalize_cohort, generate_subject
+from worker.runner import finalize_cohort, generate_subjects
 from worker.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
 from worker.storage import ObjectStore
 
@@ -50,58 +51,65 @@ def cohort_state() -> CohortState:
     return CohortState(connect(get_settings().broker_url))
 
 
-def count_attempt(job: SubjectJob) -> int:
-    """Record one more delivery of ``job``; the count lives in Redis for a week."""
-    key = f"brainsynth:attempts:{job.tenant}:{job.cohort_id}:{job.participant_id}"
+def count_attempt(batch: SubjectBatch) -> int:
+    """Record one more delivery of ``batch`` (keyed by its first subject); the count lives a week."""
+    first = batch.subjects[0]
+    key = f"brainsynth:attempts:{first.tenant}:{first.cohort_id}:{first.participant_id}"
     client = cohort_state().redis
     attempts = int(client.incr(key))
     client.expire(key, 7 * 24 * 3600)
     return attempts
 
 
-def _settle(record: CohortRecord, participant: str) -> None:
-    """Count ``participant`` as settled; the task that settles the last subject queues finalisation."""
-    if cohort_state().settle(record.id, participant) >= record.total:
+def _settle(record: CohortRecord, participants: list[str]) -> None:
+    """Count ``participants`` as settled; the task that settles the last subject queues finalisation."""
+    settled = 0
+    for participant in participants:
+        settled = cohort_state().settle(record.id, participant)
+    if settled >= record.total:
         finalize = FinalizeJob(tenant=record.tenant, cohort_id=record.id, model=record.model)
         app.send_task(FINALIZE_COHORT, args=[finalize.model_dump()])
 
 
-def _fail(record: CohortRecord, participant: str, reason: str) -> None:
+def _fail(record: CohortRecord, participants: list[str], reason: str) -> None:
     state = cohort_state()
-    error = f"{participant}: {reason}"
+    error = f"{', '.join(participants)}: {reason}"
     if state.transition(record, Status.FAILED, allowed_from={Status.QUEUED, Status.RUNNING}, error=error):
         write_final_state(object_store(), state.get(record.id) or record)
-    _settle(record, participant)
+    _settle(record, participants)
 
 
-@app.task(name=GENERATE_SUBJECT, bind=True)
-def generate_subject_task(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-    """Generate one subject (idempotent: a redelivered subject is skipped or rewritten byte for byte)."""
-    job = SubjectJob.model_validate(payload)
+@app.task(name=GENERATE_SUBJECTS, bind=True)
+def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Generate a small batch of subjects of one cohort (idempotent: stored subjects are never rewritten)."""
+    batch = SubjectBatch.model_validate(payload)
+    first = batch.subjects[0]
+    participants = [job.participant_id for job in batch.subjects]
     state, store = cohort_state(), object_store()
-    record = state.get(job.cohort_id) or recover_cohort(state, store, job.tenant, job.cohort_id)
-    not_run = SubjectResult(participant_id=job.participant_id, image_key="", outcome="not_run").model_dump()
-    if record is None or record.tenant != job.tenant:
-        log.info("cohort %s no longer exists: %s not run", job.cohort_id, job.participant_id)
+    record = state.get(first.cohort_id) or recover_cohort(state, store, first.tenant, first.cohort_id)
+    not_run = [SubjectResult(participant_id=p, image_key="", outcome="not_run").model_dump() for p in participants]
+    if record is None or record.tenant != first.tenant:
+        log.info("cohort %s no longer exists: %s not run", first.cohort_id, ", ".join(participants))
         return not_run
     if record.status in FINAL:  # canceled, or failed by another subject: queued subjects are not run
-        _settle(record, job.participant_id)
+        _settle(record, participants)
         return not_run
-    attempts = count_attempt(job)
+    attempts = count_attempt(batch)
     limit = get_settings().max_attempts
     if attempts > limit:
         reason = f"delivered {attempts} times (limit {limit}): it keeps stopping its worker; giving up on it"
-        _fail(record, job.participant_id, reason)
-        raise PoisonTaskError(f"{job.participant_id} of cohort {job.cohort_id} was {reason}")
+        _fail(record, participants, reason)
+        raise PoisonTaskError(f"{', '.join(participants)} of cohort {first.cohort_id} was {reason}")
     state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
     try:
-        result = generate_subject(job, store, pipeline_for)
+        results = generate_subjects(batch, store, pipeline_for)
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
-        _fail(record, job.participant_id, str(err))
+        _fail(record, participants, str(err))
         raise
-    state.mark_done(record.id, job.participant_id)
-    _settle(record, job.participant_id)
-    return result.model_dump()
+    for participant in participants:
+        state.mark_done(record.id, participant)
+    _settle(record, participants)
+    return [result.model_dump() for result in results]
 
 
 @app.task(name=FINALIZE_COHORT)

@@ -24,7 +24,7 @@ from tests.conftest import make_model_dir, tiny_config
 
 KEYS = {"lab-a": "key-a", "lab-b": "key-b", "lab-c": "key-c"}
 MAX_ACTIVE = 3
-#: A cohort long enough to disturb mid-way (4 subjects of ~3 s each on this CPU) and its undisturbed bytes.
+#: A cohort long enough to disturb mid-way (2 tasks of 2 subjects, ~3 s each on this CPU).
 LONG = {"model": "tiny", "n_subjects": 4, "seed": 21, "sampler": {"name": "ddim", "steps": 120}}
 
 
@@ -43,6 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "BRAINSYNTH_MAX_SUBJECTS_PER_COHORT": "50",
             "BRAINSYNTH_MAX_ACTIVE_COHORTS_PER_TENANT": str(MAX_ACTIVE),
             "BRAINSYNTH_MAX_BODY_BYTES": "20000",
+            "BRAINSYNTH_SUBJECTS_PER_TASK": "2",  # so a 4-subject cohort can be disturbed between its tasks
         },
     )
     local.start()
@@ -252,7 +253,7 @@ def test_a_worker_killed_mid_cohort_changes_nothing(
     stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
 ) -> None:
     cohort = client.submit(LONG)
-    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 2, what="the first task")
     worker = stack.worker_processes[0]
     worker.send_signal(signal.SIGKILL)  # mid-cohort, most likely mid-subject
     worker.wait(10)

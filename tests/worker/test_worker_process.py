@@ -21,7 +21,7 @@ from models.design import CohortDesign, design_subjects
 from models.pipeline import BrainLDMPipeline
 from service.localstack import RedisServer, S3Server, start_redis
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from worker.contract import GENERATE_SUBJECT, SubjectJob
+from worker.contract import GENERATE_SUBJECTS, SubjectJob
 from worker.state import CohortState, StoredCohort, connect, register_cohort
 from worker.storage import ObjectStore
 
@@ -77,20 +77,23 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-def _job(cohort: str, index: int, steps: int, model_dir: Path) -> tuple[dict, bytes]:
-    """A subject job and the bytes its T1w must have (sampled here, undisturbed, on the same CPU)."""
+def _jobs(cohort: str, n: int, steps: int, model_dir: Path) -> list[tuple[dict, bytes]]:
+    """Subject jobs and the bytes their T1w must have, sampled here as one batch (as a task samples them)."""
     pipeline = BrainLDMPipeline.from_dir(model_dir)
-    spec = design_subjects(CohortDesign(index + 1, seed=11), pipeline.config.conditioning)[index]
+    specs = design_subjects(CohortDesign(n, seed=11), pipeline.config.conditioning)
     out = write_cohort(
-        pipeline, [spec], Path(f"/tmp/expected-{cohort}-{os.getpid()}-{index}"), num_inference_steps=steps
+        pipeline, specs, Path(f"/tmp/expected-{cohort}-{os.getpid()}"), num_inference_steps=steps, batch_size=n
     )
-    expected = (out / spec.participant_id / "anat" / f"{spec.participant_id}_T1w.nii.gz").read_bytes()
+    jobs = []
+    for spec in specs:
+        expected = (out / spec.participant_id / "anat" / f"{spec.participant_id}_T1w.nii.gz").read_bytes()
+        c = spec.covariates
+        payload = {"tenant": "lab-a", "cohort_id": cohort, "model": "tiny", "participant_id": spec.participant_id,
+                   "sex": c.sex, "age": c.age, "ventricular_volume_mm3": c.ventricular_volume_mm3,
+                   "brain_volume_mm3": c.brain_volume_mm3, "seed": spec.seed, "steps": steps}  # fmt: skip
+        jobs.append((payload, expected))
     shutil.rmtree(out)
-    c = spec.covariates
-    payload = {"tenant": "lab-a", "cohort_id": cohort, "model": "tiny", "participant_id": spec.participant_id,
-               "sex": c.sex, "age": c.age, "ventricular_volume_mm3": c.ventricular_volume_mm3,
-               "brain_volume_mm3": c.brain_volume_mm3, "seed": spec.seed, "steps": steps}  # fmt: skip
-    return payload, expected
+    return jobs
 
 
 def _register(stack: dict, cohort: str, payloads: list[dict]) -> None:
@@ -114,28 +117,28 @@ def _wait_until_started(broker: redis.Redis, attempts_key: str) -> None:
 def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
     worker = _start_worker(stack["env"], stack["run"] / "worker-a.log")
     try:
-        jobs = [_job("c-simple", i, 4, stack["model"]) for i in range(2)]
+        jobs = _jobs("c-simple", 2, 4, stack["model"])
         _register(stack, "c-simple", [payload for payload, _ in jobs])
-        results = [stack["client"].send_task(GENERATE_SUBJECT, args=[payload]) for payload, _ in jobs]
-        outputs = [r.get(timeout=180) for r in results]
+        batch = {"subjects": [payload for payload, _ in jobs]}  # two subjects sampled together
+        outputs = stack["client"].send_task(GENERATE_SUBJECTS, args=[batch]).get(timeout=180)
         assert [o["outcome"] for o in outputs] == ["stored", "stored"]
         for (_payload, expected), output in zip(jobs, outputs, strict=True):
             assert stack["store"].get_bytes(output["image_key"]) == expected
             assert output["image_key"].startswith("tenants/lab-a/cohorts/c-simple/bids/sub-")
-        again = stack["client"].send_task(GENERATE_SUBJECT, args=[jobs[0][0]]).get(timeout=60)
-        assert again["outcome"] in ("already_stored", "not_run")  # the cohort may have succeeded already
+        again = stack["client"].send_task(GENERATE_SUBJECTS, args=[batch]).get(timeout=60)
+        assert {o["outcome"] for o in again} <= {"already_stored", "not_run"}  # the cohort may have succeeded
         assert len(_subject_keys(stack, "c-simple")) == 4  # 2 x (NIfTI + sidecar), nothing duplicated
     finally:
         _stop(worker)
 
 
 def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
-    payload, expected = _job("c-killed", 0, 30, stack["model"])
+    ((payload, expected),) = _jobs("c-killed", 1, 30, stack["model"])
     _register(stack, "c-killed", [payload])
     attempts_key = f"brainsynth:attempts:lab-a:c-killed:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
-    result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
+    result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
     _wait_until_started(broker, attempts_key)
     assert broker.get(attempts_key) == b"1", "the task never started"
     first.send_signal(signal.SIGKILL)  # mid-task: killed right after the attempt was counted
@@ -146,7 +149,7 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     )
     second = _start_worker(stack["env"], stack["run"] / "worker-c.log")
     try:
-        output = result.get(timeout=VISIBILITY_TIMEOUT + 300)
+        (output,) = result.get(timeout=VISIBILITY_TIMEOUT + 300)
         assert output["outcome"] == "stored"
         assert broker.get(attempts_key) == b"2"
         assert stack["store"].get_bytes(output["image_key"]) == expected
@@ -157,13 +160,13 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
 
 
 def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: dict) -> None:
-    payload, _ = _job("c-poison", 0, 30, stack["model"])
+    ((payload, _),) = _jobs("c-poison", 1, 30, stack["model"])
     _register(stack, "c-poison", [payload])
     attempts_key = f"brainsynth:attempts:lab-a:c-poison:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
     first = _start_worker(env, stack["run"] / "worker-d.log")
-    result = stack["client"].send_task(GENERATE_SUBJECT, args=[payload])
+    result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
     _wait_until_started(broker, attempts_key)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
