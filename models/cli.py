@@ -59,6 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
         sub.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
         sub.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 autocast on cuda")
+        if stage == "diffusion":
+            sub.add_argument(
+                "--init-from",
+                metavar="MODEL",
+                help="fine-tune: start the UNet from MODEL's (a new --model-dir also takes MODEL's autoencoder)",
+            )
     probe = stages.add_parser("volumes", help="train the volume probe that `evaluate` measures with (phantoms)")
     probe.add_argument("--data", type=Path, required=True, help="phantom BIDS folder to train on")
     probe.add_argument("--validation", type=Path, required=True, help="phantoms of another seed, held out")
@@ -125,6 +131,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if report else 1
 
 
+def _adopt_autoencoder(source_dir: Path, model_dir: Path) -> None:
+    """Copy ``source_dir``'s trained autoencoder into the new ``model_dir`` (same architecture required)."""
+    import shutil
+
+    from models.config import AUTOENCODER_FILE, Weights, write_model_config
+    from models.weights import verify_sha256
+
+    source, target = read_model_config(source_dir), read_model_config(model_dir)
+    if source.weights is None:
+        raise UsageError(f"--init-from {source_dir} has no trained autoencoder")
+    if source.autoencoder != target.autoencoder or source.image_shape != target.image_shape:
+        raise UsageError(f"--init-from {source_dir} has another autoencoder or grid than {model_dir}")
+    entry = source.weights.autoencoder
+    verify_sha256(source_dir / entry.file, entry.sha256)
+    shutil.copyfile(source_dir / entry.file, model_dir / AUTOENCODER_FILE)
+    weights = Weights(autoencoder=entry.model_copy(update={"file": AUTOENCODER_FILE}))
+    write_model_config(model_dir, target.model_copy(update={"weights": weights}))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -143,9 +168,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not (args.model_dir / MODEL_JSON).is_file():
         args.model_dir.mkdir(parents=True, exist_ok=True)
         write_model_config(args.model_dir, PRESETS[args.preset]())
+    init_from = resolve_model_dir(args.init_from) if getattr(args, "init_from", None) else None
+    if init_from is not None and read_model_config(args.model_dir).weights is None:
+        _adopt_autoencoder(init_from, args.model_dir)
     config = read_model_config(args.model_dir)
     data = load_training_set(args.data, config)
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    overrides: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    if init_from is not None:
+        overrides["init_from"] = init_from
     if args.lr is not None:
         overrides["lr"] = args.lr
     with tqdm(total=args.steps, unit="step", desc=f"training {args.stage}", file=sys.stderr) as bar:

@@ -37,6 +37,8 @@ class DiffusionSettings:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
+    #: a model directory whose UNet weights start the training (a fine-tune), when there is no checkpoint
+    init_from: Path | None = None
 
 
 def ema_decay(step: int, ceiling: float) -> float:
@@ -100,6 +102,16 @@ def train_diffusion(
         generator.set_state(state["generator"])
         scale_factor = state["scale_factor"]
         start = state["step"]
+    elif settings.init_from is not None:
+        source = read_model_config(settings.init_from)
+        if source.weights is None or source.weights.unet is None:
+            from models.train.data import TrainingDataError
+
+            raise TrainingDataError(f"--init-from {settings.init_from} has no trained UNet to start from")
+        path = Path(settings.init_from) / source.weights.unet.file
+        verify_sha256(path, source.weights.unet.sha256)
+        load_state_dict_strict(unet, read_state_dict(path), f"{path} (unet)")
+        ema.load_state_dict(unet.state_dict())
     log = LossLog(model_dir / "logs" / "diffusion.csv", ["step", "mse", "seconds"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     latent_spatial = tuple(mu.shape[2:])

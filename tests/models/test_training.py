@@ -78,6 +78,16 @@ def test_two_stage_training_resumes_and_samples(
     )
     assert len(list(out.glob("sub-*/anat/*_T1w.nii.gz"))) == 2
 
+    # A fine-tune in a new directory takes the autoencoder as is and starts the UNet from the source's.
+    tuned = tmp_path / "tuned"
+    fine = ["--data", str(phantom_set), "--model-dir", str(tuned), "--batch-size", "2", "--device", "cpu"]
+    assert main(["train", "diffusion", *fine, "--init-from", str(model_dir), "--steps", "1", "--lr", "1e-12"]) == 0
+    tuned_config = read_model_config(tuned)
+    assert tuned_config.weights.autoencoder.sha256 == trained.weights.autoencoder.sha256  # type: ignore[union-attr]
+    source_unet = torch.load(model_dir / "model.pt", weights_only=True)
+    tuned_unet = torch.load(tuned / "model.pt", weights_only=True)
+    assert max((source_unet[k] - tuned_unet[k]).abs().max().item() for k in source_unet) < 1e-6
+
 
 def test_training_data_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "autoencoder", "--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--steps", "1"])
