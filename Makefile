@@ -11,6 +11,8 @@ DEMO_DATA ?= data/phantoms-4mm
 DEMO_MODEL ?= data/demo-model
 DEMO_AE_STEPS ?= 1200
 DEMO_DIFFUSION_STEPS ?= 2400
+DEMO_FINETUNE_STEPS ?= 1200
+DEMO_PROBE_DATA ?= data/phantoms-4mm-probe
 
 .PHONY: help install test test-slow lint format demo demo-model bench clean
 
@@ -20,7 +22,7 @@ help:
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
-	@echo "make demo-model - regenerate the phantoms and retrain the shipped demo model (CPU, ~1.5 h)"
+	@echo "make demo-model - regenerate the phantoms, retrain the demo model and its volume probe, evaluate (CPU, ~2.5 h)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,12 +67,19 @@ demo: install
 
 demo-model: install
 	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)
+	$(BIN)/brainsynth phantoms --n 160 --seed 3030 --out $(DEMO_PROBE_DATA)
 	$(BIN)/brainsynth train autoencoder --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
 		--steps $(DEMO_AE_STEPS) --batch-size 2 --seed 0 --device cpu
 	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
 		--steps $(DEMO_DIFFUSION_STEPS) --batch-size 16 --seed 0 --device cpu
+	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL)-v2 --preset demo \
+		--init-from $(DEMO_MODEL) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 1 --device cpu
+	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL)-v2 \
+		--model $(DEMO_MODEL)-v2 --steps 1500 --seed 0
 	mkdir -p models/zoo/demo
-	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt models/zoo/demo/
+	cp $(DEMO_MODEL)-v2/model.json $(DEMO_MODEL)-v2/autoencoder.pt $(DEMO_MODEL)-v2/model.pt \
+		$(DEMO_MODEL)-v2/volume_probe.json $(DEMO_MODEL)-v2/volume_probe.pt models/zoo/demo/
+	$(BIN)/brainsynth evaluate --model demo --n 40 --out docs/evaluation --data $(DEMO_DATA) --batch-size 8
 
 # Benchmarks print a table and write out/bench.json; numbers, not assertions.
 BENCH_ARGS ?=
