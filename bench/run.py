@@ -253,6 +253,7 @@ def format_table(rows: list[dict]) -> str:
         cells = []
         for c in used:
             value = r.get(c, "")
+            value = "" if value is None else value
             cells.append(f"{value:.2e}" if c == "max_abs_diff_vs_baseline" and value != "" else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ settings plus API keys and limits."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 from typing import Annotated
@@ -68,8 +69,6 @@ class ServiceSettings(WorkerSettings):
 
     def tenant_for(self, key: str) -> str | None:
         """The tenant whose API key is ``key`` (compared in constant time), else ``None``."""
-        import hmac
-
         found = None
         for tenant, secret in self.api_keys.items():
             if hmac.compare_digest(secret.get_secret_value().encode(), key.encode()):

@@ -2,7 +2,7 @@
 
 Redelivery that works on Redis (see ../shared/reference/infra.md): late acks, requeue when a worker dies,
 prefetch 1, and kombu's unacked-restore sweep every 2 s, so a task of a killed worker comes back after the
-visibility timeout instead of after ~100 s. Tasks are one subject each, far shorter than the timeout.
+visibility timeout instead of after ~100 s. Tasks are a few subjects each, far shorter than the timeout.
 """
 
 from __future__ import annotations
