@@ -6,8 +6,10 @@ a chain of smooth deformations chosen from covariates drawn like the UK Biobank 
 
 1. ventricle enlargement or shrinkage: a radial scaling about the ventricles' centroid, blended to
    identity by a smooth weight around them;
-2. global tissue loss ("atrophy"): grey and white matter partial volumes scaled down, the lost fraction
-   turned into CSF (intensity included);
+2. global tissue loss ("atrophy"): tissue eroded from its boundary with CSF (:func:`erode_tissue`), so
+   sulci widen and the cortex thins while deep white matter stays, the lost tissue turned into CSF
+   (intensity included): a change of shape that an image shows, not a uniform darkening that intensity
+   normalisation would undo;
 3. a head-size scale g (0.92-1.08) and a smooth random displacement (a few mm);
 4. intensity variation: a smooth multiplicative bias field, a gamma contrast change and Rician-like noise,
    then scaled to [0, 1] by the 99.5th percentile.
@@ -135,6 +137,23 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int,
     return ndimage.zoom(noise, zoom, order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]]
 
 
+def erode_tissue(tissue: np.ndarray, target_voxels: float) -> np.ndarray:
+    """Partial-volume erosion: ``clip((tissue - t) / (1 - t), 0, 1)`` with ``t`` in [0, 0.95] found by bisection
+    so that the tissue sums to ``target_voxels`` (or as near as ``t``'s range allows; never grows tissue).
+
+    Voxels of tissue fraction 1 keep it; the boundary voxels, where tissue and CSF share a voxel, lose it.
+    """
+    if tissue.sum() <= target_voxels:
+        return tissue
+    low, high = 0.0, 0.95
+    for _ in range(30):
+        threshold = (low + high) / 2
+        kept = float(np.clip((tissue - threshold) / (1.0 - threshold), 0.0, 1.0).sum())
+        low, high = (threshold, high) if kept > target_voxels else (low, threshold)
+    threshold = (low + high) / 2
+    return np.clip((tissue - threshold) / (1.0 - threshold), 0.0, 1.0).astype(tissue.dtype)
+
+
 @dataclass(frozen=True)
 class Phantom:
     image: np.ndarray  # output grid, float32 in [0, 1]
@@ -197,14 +216,16 @@ def make_phantom(
 
     t1, grey, white, ventricles = (pull(v) for v in (template.t1, template.grey, template.white, template.ventricles))
 
-    # 2. atrophy: scale tissue so the head-size-normalised brain volume approaches its target.
+    # 2. atrophy: erode tissue where it meets CSF so the head-size-normalised brain volume approaches its
+    # target; deep white matter (tissue fraction 1) is kept, so the loss widens sulci and thins cortex.
     fine_voxel_mm3 = float(abs(np.linalg.det(fine_affine[:3, :3])))
     normalise_head = targets.head_scale**3
-    tissue = (grey + white).sum() * fine_voxel_mm3 / normalise_head
-    keep = float(np.clip(targets.brain_volume_mm3 / tissue, 0.55, 1.0))
-    lost = (grey + white) * (1.0 - keep)
-    t1 = t1 - lost * np.clip(t1 - template.csf_intensity, 0.0, None)
-    grey, white = grey * keep, white * keep
+    tissue = grey + white
+    eroded = erode_tissue(tissue, targets.brain_volume_mm3 * normalise_head / fine_voxel_mm3)
+    kept = np.divide(eroded, tissue, out=np.ones_like(tissue), where=tissue > 1e-3)
+    # A voxel's tissue intensity above CSF, (t1 - csf) / tissue, is lost in proportion to the tissue lost.
+    t1 = t1 - (1.0 - kept) * np.clip(t1 - template.csf_intensity, 0.0, None)
+    grey, white = grey * kept, white * kept
 
     # 4. intensity variation.
     bias = np.exp(_smooth_field(rng, fine_shape, 4, 0.08))

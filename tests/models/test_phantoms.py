@@ -12,7 +12,7 @@ import pytest
 
 from models.cli import main
 from models.nifti import grid_affine
-from models.phantoms import PhantomTargets, load_template, make_phantom
+from models.phantoms import PhantomTargets, erode_tissue, load_template, make_phantom
 
 SHAPE = (40, 56, 40)  # the paper's field of view at 4 mm
 AFFINE = np.array(grid_affine(4.0))
@@ -68,3 +68,21 @@ def test_cli_writes_a_phantom_bids_dataset(tmp_path: Path, capsys: pytest.Captur
     assert image.shape == SHAPE and nib.aff2axcodes(image.affine) == ("L", "A", "S")
     assert main(["phantoms", "--n", "1", "--seed", "5", "--out", str(out)]) == 2  # not empty
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_erosion_removes_boundary_tissue_to_the_target() -> None:
+    tissue = np.clip(np.random.default_rng(0).uniform(-0.5, 1.5, (20, 20, 20)), 0.0, 1.0).astype(np.float32)
+    eroded = erode_tissue(tissue, 0.8 * float(tissue.sum()))
+    assert float(eroded.sum()) == pytest.approx(0.8 * float(tissue.sum()), rel=1e-3)
+    assert np.all(eroded <= tissue + 1e-6)  # never grows tissue
+    assert np.all(eroded[tissue == 1.0] == 1.0)  # pure tissue stays: the loss is at the boundary
+    assert np.array_equal(erode_tissue(tissue, 2.0 * float(tissue.sum())), tissue)
+
+
+def test_atrophy_is_visible_after_intensity_normalisation() -> None:
+    """The brain-volume covariate must show in the image (wider sulci), or no model can learn it."""
+    normal = make_phantom(np.random.default_rng(3), SHAPE, AFFINE, replace(TARGETS, brain_volume_mm3=1.6e6))
+    atrophic = make_phantom(np.random.default_rng(3), SHAPE, AFFINE, replace(TARGETS, brain_volume_mm3=1.25e6))
+    inside = normal.image > 0.05
+    bright = [float((p.image[inside] > 0.5).mean()) for p in (normal, atrophic)]
+    assert bright[1] < bright[0] - 0.05
