@@ -80,6 +80,8 @@ class SamplerSettings:
     eta: float
     batch_size: int
     dtype: OutputDType
+    #: autocast precision of the UNet and decoder (``None``: float32)
+    precision: str | None = None
 
 
 def model_hash(config: ModelConfig) -> str:
@@ -208,6 +210,7 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         "Eta": sampler.eta,
         # Bytes are reproducible at the same batch size; across batch sizes values agree within 1e-5.
         "BatchSize": sampler.batch_size,
+        "Precision": sampler.precision or "float32",
         "ModelName": config.name,
         "ModelVersion": config.version,
         "ModelSHA256": model_hash(config),

@@ -42,6 +42,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1, help="subjects per UNet call (values agree within 1e-5 across batch sizes)"
     )
     sample.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    sample.add_argument(
+        "--precision",
+        choices=("bf16", "fp16"),
+        help="autocast the UNet and decoder (faster on GPUs; default float32, the bundle's setting)",
+    )
     phantoms = commands.add_parser("phantoms", help="write MNI152 phantoms with known volumes (training data)")
     phantoms.add_argument("--n", type=int, required=True, help="number of phantoms")
     phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
@@ -289,7 +294,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     build_scheduler(config.scheduler, args.sampler, steps)  # validate before loading weights
     subjects = cohort_subjects(args, config.conditioning)
-    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
+    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device, precision=args.precision)
     total = len(subjects) * (steps + 1)
     with tqdm(total=total, unit="step", desc=f"sampling {len(subjects)} subjects", file=sys.stderr) as bar:
 

@@ -7,7 +7,8 @@ with one generator per subject (see :mod:`models.sampling` for the noise contrac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from models.errors import SamplingError, WeightsError
 from models.networks import build_autoencoder, build_unet
 from models.sampling import build_scheduler, denoise, subject_generator
 from models.weights import load_state_dict_strict, read_state_dict, verify_sha256
+
+#: Reduced precisions for the UNet and decoder (autocast); ``None`` is float32.
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: ``callback(done, total)``: work units done so far; one unit per subject per denoising step and one
 #: per decoded subject.
@@ -62,14 +66,21 @@ class BrainLDMPipeline:
         autoencoder: AutoencoderKL,
         unet: DiffusionModelUNet,
         device: torch.device | str = "cpu",
+        precision: str | None = None,
     ) -> None:
+        if precision is not None and precision not in PRECISIONS:
+            raise SamplingError(f"precision must be one of {sorted(PRECISIONS)} or None, got {precision!r}")
         self.config = config
         self.device = torch.device(device)
+        #: autocast dtype for the UNet and the decoder (``None``: float32, the bundle's setting)
+        self.precision = precision
         self.autoencoder = autoencoder.to(self.device).eval()
         self.unet = unet.to(self.device).eval()
 
     @classmethod
-    def from_dir(cls, model_dir: Path | str, device: str | None = "cpu") -> BrainLDMPipeline:
+    def from_dir(
+        cls, model_dir: Path | str, device: str | None = "cpu", precision: str | None = None
+    ) -> BrainLDMPipeline:
         """Load a model directory, checking each weight file's sha256 against ``model.json`` first."""
         model_dir = Path(model_dir)
         config = read_model_config(model_dir)
@@ -90,7 +101,7 @@ class BrainLDMPipeline:
             path = model_dir / entry.file
             verify_sha256(path, entry.sha256)
             load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
-        return cls(config, autoencoder, unet, torch_device)
+        return cls(config, autoencoder, unet, torch_device, precision)
 
     def __call__(
         self,
@@ -104,20 +115,44 @@ class BrainLDMPipeline:
         extrapolate: bool = False,
         callback: ProgressCallback | None = None,
     ) -> list[SubjectSample]:
-        """Sample one volume per subject.
+        """Sample one volume per subject; the list of :meth:`generate`'s samples (see there)."""
+        return list(
+            self.generate(
+                covariates,
+                seeds,
+                sampler=sampler,
+                num_inference_steps=num_inference_steps,
+                eta=eta,
+                batch_size=batch_size,
+                extrapolate=extrapolate,
+                callback=callback,
+            )
+        )
+
+    def generate(
+        self,
+        covariates: Sequence[Covariates],
+        seeds: Sequence[int],
+        *,
+        sampler: str = "ddim",
+        num_inference_steps: int | None = None,
+        eta: float = 0.0,
+        batch_size: int = 1,
+        extrapolate: bool = False,
+        callback: ProgressCallback | None = None,
+    ) -> Iterator[SubjectSample]:
+        """Sample one volume per subject, yielding each as soon as it is decoded (in input order), so a
+        caller can write one subject while the next is decoded. Arguments are checked before it returns.
 
         Args:
             covariates: per-subject conditioning in physical units.
             seeds: per-subject seeds (the same seed and conditioning give the same volume).
-            sampler: ``ddim``, ``ddpm`` or ``pndm``.
-            num_inference_steps: denoising steps; defaults to 50 (DDIM, PNDM) or 1000 (DDPM).
+            sampler: ``ddim``, ``ddpm``, ``pndm`` or ``dpmpp2m``.
+            num_inference_steps: denoising steps; defaults to 50 (DDIM, PNDM, DPM-Solver++) or 1000 (DDPM).
             eta: DDIM stochasticity (0 = deterministic, the bundle's setting).
             batch_size: subjects per UNet call; does not change the result.
             extrapolate: allow covariates beyond the training range (bounded, see ``models.conditioning``).
             callback: progress as ``callback(done, total)``.
-
-        Returns:
-            One :class:`SubjectSample` per subject, in input order.
         """
         steps = num_inference_steps if num_inference_steps is not None else DEFAULT_STEPS.get(sampler, 50)
         build_scheduler(self.config.scheduler, sampler, steps)  # validates sampler and steps up front
@@ -129,21 +164,33 @@ class BrainLDMPipeline:
             raise SamplingError(f"eta must be >= 0 and is only used by ddim, got {eta} for {sampler}")
         vectors = [normalise(c, self.config.conditioning, extrapolate=extrapolate) for c in covariates]
         generators = [subject_generator(s) for s in seeds]
+        return self._generate(covariates, seeds, vectors, generators, sampler, steps, eta, batch_size, callback)
 
+    def _generate(
+        self,
+        covariates: Sequence[Covariates],
+        seeds: Sequence[int],
+        vectors: list[tuple[float, float, float, float]],
+        generators: list[torch.Generator],
+        sampler: str,
+        steps: int,
+        eta: float,
+        batch_size: int,
+        callback: ProgressCallback | None,
+    ) -> Iterator[SubjectSample]:
         total = len(seeds) * (steps + 1)
         done = 0
-        results: list[SubjectSample] = []
-        with torch.inference_mode():
-            for start in range(0, len(seeds), batch_size):
-                stop = min(start + batch_size, len(seeds))
-                width = stop - start
+        for start in range(0, len(seeds), batch_size):
+            stop = min(start + batch_size, len(seeds))
+            width = stop - start
 
-                def on_step(_step: int, _total: int, width: int = width) -> None:
-                    nonlocal done
-                    done += width
-                    if callback is not None:
-                        callback(done, total)
+            def on_step(_step: int, _total: int, width: int = width) -> None:
+                nonlocal done
+                done += width
+                if callback is not None:
+                    callback(done, total)
 
+            with torch.inference_mode(), self._autocast():
                 conditioning = torch.tensor(vectors[start:stop], dtype=torch.float32, device=self.device)
                 latents = denoise(
                     self.unet,
@@ -155,17 +202,21 @@ class BrainLDMPipeline:
                     eta=eta,
                     callback=on_step,
                 )
-                for offset in range(width):
-                    volume = self.decode(latents[offset : offset + 1])
-                    index = start + offset
-                    results.append(SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index]))
-                    done += 1
-                    if callback is not None:
-                        callback(done, total)
-        return results
+            for offset in range(width):
+                volume = self.decode(latents[offset : offset + 1])
+                index = start + offset
+                done += 1
+                if callback is not None:
+                    callback(done, total)
+                yield SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index])
+
+    def _autocast(self) -> torch.autocast | nullcontext:
+        if self.precision is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor."""
-        with torch.inference_mode():
-            image = self.autoencoder.decode_stage_2_outputs(latent / self.config.scale_factor)
+        with torch.inference_mode(), self._autocast():
+            image = self.autoencoder.decode_stage_2_outputs(latent.float() / self.config.scale_factor)
         return image[0, 0].float().cpu().numpy()

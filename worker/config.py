@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,7 @@ class WorkerSettings(BaseSettings):
     s3_bucket: str = "brainsynth"
     s3_secure: bool = False
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
+    precision: Literal["bf16", "fp16"] | None = Field(None, description="autocast UNet and decoder; default float32")
     #: Must exceed the longest task: a task still running after it is delivered again (Celery on Redis).
     visibility_timeout_s: int = Field(3600, ge=10)
     task_time_limit_s: int = Field(1800, ge=10)

@@ -12,4 +12,5 @@ from worker.config import get_settings
 @lru_cache(maxsize=2)
 def pipeline_for(model: str) -> BrainLDMPipeline:
     """The process's pipeline for a registered model name (weights hash-checked when loaded)."""
-    return BrainLDMPipeline.from_dir(resolve_model_dir(model), device=get_settings().device)
+    settings = get_settings()
+    return BrainLDMPipeline.from_dir(resolve_model_dir(model), device=settings.device, precision=settings.precision)

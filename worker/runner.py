@@ -25,10 +25,11 @@ from models.cohort import subject_files
 from models.conditioning import Covariates
 from models.config import ModelConfig
 from models.design import SubjectSpec
-from models.pipeline import BrainLDMPipeline
-from worker.contract import FinalizeJob, SubjectBatch, SubjectResult
+from models.pipeline import BrainLDMPipeline, SubjectSample
+from worker.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
 from worker.state import MANIFEST, StoredCohort, bids_prefix, cohort_json_key
 from worker.storage import ObjectStore
+from worker.writer import BackgroundWriter
 
 #: Default dataset name when the request gives none.
 DEFAULT_COHORT_NAME = "BrainSynth synthetic cohort"
@@ -55,7 +56,19 @@ def generate_subjects(
     if missing:
         pipeline = pipeline_for(first.model)
         covariates = [Covariates(j.sex, j.age, j.ventricular_volume_mm3, j.brain_volume_mm3) for j in batch.subjects]
-        samples = pipeline(
+        settings = SamplerSettings(
+            first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype, pipeline.precision
+        )
+
+        def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:
+            job, sample = item
+            spec = SubjectSpec(job.participant_id, sample.covariates, job.seed)
+            _, files = subject_files(pipeline.config, spec, sample, settings, str(pipeline.device))
+            for relative, content in files.items():  # NIfTI first, sidecar last
+                content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
+                store.put_bytes(prefix + relative, content, content_type)
+
+        samples = pipeline.generate(
             covariates,
             [job.seed for job in batch.subjects],
             sampler=first.sampler,
@@ -63,16 +76,12 @@ def generate_subjects(
             batch_size=len(batch.subjects),
             extrapolate=first.extrapolate,
         )
-        settings = SamplerSettings(first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype)
-        for job, covariate, sample in zip(batch.subjects, covariates, samples, strict=True):
-            if job not in missing:
-                continue
-            spec = SubjectSpec(job.participant_id, covariate, job.seed)
-            _, files = subject_files(pipeline.config, spec, sample, settings, str(pipeline.device))
-            for relative, content in files.items():  # NIfTI first, sidecar last
-                content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
-                store.put_bytes(prefix + relative, content, content_type)
-            results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
+        # Subject i is encoded and uploaded while subject i + 1 is decoded; all are written before returning.
+        with BackgroundWriter(store_subject) as writer:
+            for job, sample in zip(batch.subjects, samples, strict=True):
+                if job in missing:
+                    writer.submit((job, sample))
+                    results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
     return [results[job.participant_id] for job in batch.subjects]
 
 

@@ -178,3 +178,33 @@ def test_cuda_request_without_gpu_is_a_clear_error(tiny_model_dir: Path) -> None
         pytest.skip("this machine has a GPU")
     with pytest.raises(SamplingError, match="no CUDA GPU"):
         BrainLDMPipeline.from_dir(tiny_model_dir, device="cuda")
+
+
+def test_generate_streams_subjects_and_checks_arguments_up_front(pipeline: BrainLDMPipeline) -> None:
+    decoded: list[int] = []
+    original = pipeline.decode
+    pipeline.decode = lambda latent: decoded.append(1) or original(latent)  # type: ignore[method-assign]
+    try:
+        stream = pipeline.generate(SUBJECTS, SEEDS, num_inference_steps=3, batch_size=3)
+        assert decoded == []  # nothing runs before the caller asks
+        first = next(stream)
+        assert len(decoded) == 1  # the first subject comes out before the others are decoded
+        rest = list(stream)
+    finally:
+        pipeline.decode = original  # type: ignore[method-assign]
+    expected = pipeline(SUBJECTS, SEEDS, num_inference_steps=3, batch_size=3)
+    assert [s.seed for s in [first, *rest]] == SEEDS
+    assert all(np.array_equal(a.volume, b.volume) for a, b in zip([first, *rest], expected, strict=True))
+    with pytest.raises(SamplingError, match="batch size"):
+        pipeline.generate(SUBJECTS, SEEDS, batch_size=0)  # raised at the call, not at the first next()
+
+
+def test_reduced_precision_stays_close_to_float32(pipeline: BrainLDMPipeline) -> None:
+    full = pipeline(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2)
+    half = BrainLDMPipeline(pipeline.config, pipeline.autoencoder, pipeline.unet, "cpu", precision="bf16")
+    reduced = half(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2)
+    difference = max(float(np.abs(a.volume - b.volume).max()) for a, b in zip(full, reduced, strict=True))
+    assert 0.0 < difference < 0.05  # bf16 really ran, and stays near float32
+    assert all(s.volume.dtype == np.float32 for s in reduced)
+    with pytest.raises(SamplingError, match="precision"):
+        BrainLDMPipeline(pipeline.config, pipeline.autoencoder, pipeline.unet, "cpu", precision="int8")
