@@ -26,3 +26,14 @@ def test_table_lists_only_columns_in_use() -> None:
     table = format_table([{"row": "a", "s_per_brain": 1.5}, {"row": "b", "mb_per_s": 300}])
     assert table.splitlines()[0] == "| row | s_per_brain | mb_per_s |"
     assert "| a | 1.5 |  |" in table
+
+
+def test_io_rows_time_a_real_worker_task(tiny_model_dir: Path) -> None:
+    from bench.run import io_rows
+
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    rows = {row["row"]: row for row in io_rows(pipeline, lambda _message: None)}
+    task = next(row for name, row in rows.items() if name.startswith("worker task"))
+    assert task["sampling_share_percent"] > 0  # a ratio of two timings: no bound asserted (noise)
+    full_size = rows["NIfTI encode + gzip level 6, 160x224x160 (as shipped)"]
+    assert full_size["bytes_in"] > 160 * 224 * 160 * 4 and full_size["gzip_ratio"] > 1
