@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-# How the shipped demo model (models/zoo/demo) was made; see README "The demo model".
+# How the shipped demo model (models/zoo/demo, version 0.2.0) was made; see README "The demo model".
+# 0.2.0 fine-tunes the UNet of 0.1.0 (and keeps its autoencoder), which git keeps at DEMO_BASE_COMMIT.
 DEMO_DATA ?= data/phantoms-4mm
-DEMO_MODEL ?= data/demo-model
-DEMO_AE_STEPS ?= 1200
-DEMO_DIFFUSION_STEPS ?= 2400
-DEMO_FINETUNE_STEPS ?= 1200
 DEMO_PROBE_DATA ?= data/phantoms-4mm-probe
+DEMO_BASE ?= data/demo-model-0.1.0
+DEMO_BASE_COMMIT ?= e54e542
+DEMO_MODEL ?= data/demo-model
+DEMO_FINETUNE_STEPS ?= 1600
 
 .PHONY: help install test test-slow lint format demo demo-model bench clean
 
@@ -22,7 +23,7 @@ help:
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
-	@echo "make demo-model - regenerate the phantoms, retrain the demo model and its volume probe, evaluate (CPU, ~2.5 h)"
+	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate (CPU, ~1.5 h)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,17 +69,15 @@ demo: install
 demo-model: install
 	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)
 	$(BIN)/brainsynth phantoms --n 160 --seed 3030 --out $(DEMO_PROBE_DATA)
-	$(BIN)/brainsynth train autoencoder --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
-		--steps $(DEMO_AE_STEPS) --batch-size 2 --seed 0 --device cpu
-	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) \
-		--steps $(DEMO_DIFFUSION_STEPS) --batch-size 16 --seed 0 --device cpu
-	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL)-v2 --preset demo \
-		--init-from $(DEMO_MODEL) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 1 --device cpu
-	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL)-v2 \
-		--model $(DEMO_MODEL)-v2 --steps 1500 --seed 0
+	mkdir -p $(DEMO_BASE)
+	for f in model.json autoencoder.pt model.pt; do git show $(DEMO_BASE_COMMIT):models/zoo/demo/$$f > $(DEMO_BASE)/$$f; done
+	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) --preset demo \
+		--init-from $(DEMO_BASE) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 1 --device cpu
+	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL) \
+		--model $(DEMO_MODEL) --steps 1500 --seed 0
 	mkdir -p models/zoo/demo
-	cp $(DEMO_MODEL)-v2/model.json $(DEMO_MODEL)-v2/autoencoder.pt $(DEMO_MODEL)-v2/model.pt \
-		$(DEMO_MODEL)-v2/volume_probe.json $(DEMO_MODEL)-v2/volume_probe.pt models/zoo/demo/
+	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt \
+		$(DEMO_MODEL)/volume_probe.json $(DEMO_MODEL)/volume_probe.pt models/zoo/demo/
 	$(BIN)/brainsynth evaluate --model demo --n 40 --out docs/evaluation --data $(DEMO_DATA) --batch-size 8
 
 # Benchmarks print a table and write out/bench.json; numbers, not assertions.

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,31 +104,9 @@ class BrainLDMPipeline:
             load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
         return cls(config, autoencoder, unet, torch_device, precision)
 
-    def __call__(
-        self,
-        covariates: Sequence[Covariates],
-        seeds: Sequence[int],
-        *,
-        sampler: str = "ddim",
-        num_inference_steps: int | None = None,
-        eta: float = 0.0,
-        batch_size: int = 1,
-        extrapolate: bool = False,
-        callback: ProgressCallback | None = None,
-    ) -> list[SubjectSample]:
-        """Sample one volume per subject; the list of :meth:`generate`'s samples (see there)."""
-        return list(
-            self.generate(
-                covariates,
-                seeds,
-                sampler=sampler,
-                num_inference_steps=num_inference_steps,
-                eta=eta,
-                batch_size=batch_size,
-                extrapolate=extrapolate,
-                callback=callback,
-            )
-        )
+    def __call__(self, covariates: Sequence[Covariates], seeds: Sequence[int], **options: Any) -> list[SubjectSample]:
+        """Sample one volume per subject: :meth:`generate`'s samples as a list (same keyword options)."""
+        return list(self.generate(covariates, seeds, **options))
 
     def generate(
         self,
