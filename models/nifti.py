@@ -77,15 +77,19 @@ def to_nifti(
     return image
 
 
-def nifti_gz_bytes(image: nib.Nifti1Image, compresslevel: int = 6) -> bytes:
-    """Serialise to ``.nii.gz`` bytes with no timestamp or file name in the gzip header (same input, same bytes)."""
+def nifti_gz_bytes(image: nib.Nifti1Image, compresslevel: int = 1) -> bytes:
+    """Serialise to ``.nii.gz`` bytes with no timestamp or file name in the gzip header (same input, same bytes).
+
+    Level 1: float32 volumes compress about 1.16x at any level, and level 1 takes 0.72 s against level 6's
+    0.81 s on a 160x224x160 volume (``make bench``, 2-core CPU).
+    """
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=compresslevel) as gz:
         gz.write(image.to_bytes())
     return buffer.getvalue()
 
 
-def write_nifti_gz(path: Path, image: nib.Nifti1Image, compresslevel: int = 6) -> Path:
+def write_nifti_gz(path: Path, image: nib.Nifti1Image, compresslevel: int = 1) -> Path:
     """Write ``image`` to ``path`` (``.nii.gz``) reproducibly; see :func:`nifti_gz_bytes`."""
     path = Path(path)
     path.write_bytes(nifti_gz_bytes(image, compresslevel))
