@@ -124,25 +124,27 @@ class BrainSynthClient:
     ) -> dict[str, Any]:
         """Watch the cohort until it is final (events, falling back to polling); returns the final status."""
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def is_final(status: dict[str, Any]) -> bool:
+            if on_progress:
+                on_progress(status)
+            if status["status"] in FINAL_STATES:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                raise ClientError(f"cohort {cohort_id} did not finish within {timeout:.0f} s")
+            return False
+
         while True:
             try:
                 for status in self.events(cohort_id):
-                    if on_progress:
-                        on_progress(status)
-                    if status["status"] in FINAL_STATES:
+                    if is_final(status):
                         return status
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise ClientError(f"cohort {cohort_id} did not finish within {timeout:.0f} s")
             except ClientError as err:
                 if err.status_code is not None:
                     raise
             status = self.status(cohort_id)  # the stream ended or broke: poll, then watch again
-            if on_progress:
-                on_progress(status)
-            if status["status"] in FINAL_STATES:
+            if is_final(status):
                 return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise ClientError(f"cohort {cohort_id} did not finish within {timeout:.0f} s")
             time.sleep(1.0)
 
     def download(
