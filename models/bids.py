@@ -82,6 +82,8 @@ class SamplerSettings:
     dtype: OutputDType
     #: autocast precision of the UNet and decoder (``None``: float32)
     precision: str | None = None
+    #: rows per slab of the slab-by-slab decode (``None``: whole volume); values agree within float rounding
+    decode_slab: int | None = None
 
 
 def model_hash(config: ModelConfig) -> str:
@@ -211,6 +213,7 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         # Bytes are reproducible at the same batch size; across batch sizes values agree within 1e-5.
         "BatchSize": sampler.batch_size,
         "Precision": sampler.precision or "float32",
+        "DecodeSlab": sampler.decode_slab,
         "ModelName": config.name,
         "ModelVersion": config.version,
         "ModelSHA256": model_hash(config),

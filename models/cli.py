@@ -47,6 +47,15 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("bf16", "fp16"),
         help="autocast the UNet and decoder (faster on GPUs; default float32, the bundle's setting)",
     )
+    sample.add_argument(
+        "--decode-slab",
+        type=int,
+        metavar="ROWS",
+        help="decode ROWS rows at a time with whole-volume statistics: same volume, less memory (default: whole)",
+    )
+    sample.add_argument(
+        "--decode-offload", action="store_true", help="with --decode-slab: keep full-size tensors in host memory"
+    )
     phantoms = commands.add_parser("phantoms", help="write MNI152 phantoms with known volumes (training data)")
     phantoms.add_argument("--n", type=int, required=True, help="number of phantoms")
     phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
@@ -294,7 +303,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     build_scheduler(config.scheduler, args.sampler, steps)  # validate before loading weights
     subjects = cohort_subjects(args, config.conditioning)
-    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device, precision=args.precision)
+    if args.decode_slab is not None and args.decode_slab < 1:
+        raise UsageError(f"--decode-slab must be at least 1 row, got {args.decode_slab}")
+    if args.decode_offload and args.decode_slab is None:
+        raise UsageError("--decode-offload needs --decode-slab ROWS")
+    pipeline = BrainLDMPipeline.from_dir(
+        model_dir,
+        device=args.device,
+        precision=args.precision,
+        decode_slab=args.decode_slab,
+        decode_offload=args.decode_offload,
+    )
     total = len(subjects) * (steps + 1)
     with tqdm(total=total, unit="step", desc=f"sampling {len(subjects)} subjects", file=sys.stderr) as bar:
 

@@ -23,6 +23,7 @@ from models.design import DEFAULT_STEPS
 from models.errors import SamplingError, WeightsError
 from models.networks import build_autoencoder, build_unet
 from models.sampling import build_scheduler, denoise, subject_generator
+from models.slab_decode import SlabDecoder
 from models.weights import load_state_dict_strict, read_state_dict, verify_sha256
 
 #: Reduced precisions for the UNet and decoder (autocast); ``None`` is float32.
@@ -68,6 +69,8 @@ class BrainLDMPipeline:
         unet: DiffusionModelUNet,
         device: torch.device | str = "cpu",
         precision: str | None = None,
+        decode_slab: int | None = None,
+        decode_offload: bool = False,
     ) -> None:
         if precision is not None and precision not in PRECISIONS:
             raise SamplingError(f"precision must be one of {sorted(PRECISIONS)} or None, got {precision!r}")
@@ -77,10 +80,20 @@ class BrainLDMPipeline:
         self.precision = precision
         self.autoencoder = autoencoder.to(self.device).eval()
         self.unet = unet.to(self.device).eval()
+        #: decode ``decode_slab`` rows at a time with whole-volume GroupNorm statistics (``None``: whole volume)
+        self.decode_slab = decode_slab
+        self._slab_decoder = (
+            SlabDecoder(self.autoencoder, decode_slab, offload=decode_offload) if decode_slab is not None else None
+        )
 
     @classmethod
     def from_dir(
-        cls, model_dir: Path | str, device: str | None = "cpu", precision: str | None = None
+        cls,
+        model_dir: Path | str,
+        device: str | None = "cpu",
+        precision: str | None = None,
+        decode_slab: int | None = None,
+        decode_offload: bool = False,
     ) -> BrainLDMPipeline:
         """Load a model directory, checking each weight file's sha256 against ``model.json`` first."""
         model_dir = Path(model_dir)
@@ -102,7 +115,7 @@ class BrainLDMPipeline:
             path = model_dir / entry.file
             verify_sha256(path, entry.sha256)
             load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
-        return cls(config, autoencoder, unet, torch_device, precision)
+        return cls(config, autoencoder, unet, torch_device, precision, decode_slab, decode_offload)
 
     def __call__(self, covariates: Sequence[Covariates], seeds: Sequence[int], **options: Any) -> list[SubjectSample]:
         """Sample one volume per subject: :meth:`generate`'s samples as a list (same keyword options)."""
@@ -195,7 +208,14 @@ class BrainLDMPipeline:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
-        """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor."""
+        """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor.
+
+        With ``decode_slab`` the decoder runs slab by slab (:class:`models.slab_decode.SlabDecoder`): the same
+        volume within float rounding, in less memory."""
+        scaled = latent.float() / self.config.scale_factor
         with torch.inference_mode(), self._autocast():
-            image = self.autoencoder.decode_stage_2_outputs(latent.float() / self.config.scale_factor)
+            if self._slab_decoder is not None:
+                image = self._slab_decoder(scaled)
+            else:
+                image = self.autoencoder.decode_stage_2_outputs(scaled)
         return image[0, 0].float().cpu().numpy()

@@ -23,6 +23,8 @@ class WorkerSettings(BaseSettings):
     s3_secure: bool = False
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
     precision: Literal["bf16", "fp16"] | None = Field(None, description="autocast UNet and decoder; default float32")
+    decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
+    decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
     #: Must exceed the longest task: a task still running after it is delivered again (Celery on Redis).
     visibility_timeout_s: int = Field(3600, ge=10)
     task_time_limit_s: int = Field(1800, ge=10)
