@@ -1,6 +1,6 @@
 """``make bench``: sampling speed against the bundle's loop, few-step samplers with their fidelity, worker
-I/O per subject, and archive streaming; one table, printed and written as JSON. All rows are measured in
-this one process run, so ratios hold on a noisy machine.
+I/O per subject, archive streaming and the decoder's peak memory (whole vs slab by slab); one table,
+printed and written as JSON. All rows are measured in this one run, so ratios hold on a noisy machine.
 
     python -m bench.run [--preset demo|ukb] [--device cpu|cuda] [--n 16] [--archive-gb 2] [--out out/bench.json]
 """
@@ -176,9 +176,11 @@ def io_rows(pipeline: BrainLDMPipeline, say: Callable[[str], None], task_row: bo
     """Per-subject NIfTI encode + gzip (levels, isal) at the model's size and at full size, upload to a local
     SeaweedFS, and a real worker task (``worker.runner.generate_subjects``) timed against sampling alone."""
     from service.localstack import start_s3
+    from worker.config import WorkerSettings
     from worker.contract import SubjectBatch, SubjectJob
     from worker.runner import generate_subjects
     from worker.storage import ObjectStore
+    from worker.writer import BackgroundWriter
 
     volume = pipeline([Covariates("F", 65, 30000, 1.5e6)], [3], num_inference_steps=2)[0].volume
     rows: list[dict] = []
@@ -206,6 +208,15 @@ def io_rows(pipeline: BrainLDMPipeline, say: Callable[[str], None], task_row: bo
             per_subject(f"gzip level 2 (isal), {grid}", lambda raw=raw: igzip.compress(raw, 2, mtime=0), len(raw))
         except ImportError:
             rows.append({"row": "gzip (isal)", "s_per_subject": "not measured: isal not installed"})
+    full_size = to_nifti(_ukb_sized(volume), np.asarray(pipeline.config.affine), "float32")
+    count = 4
+    for threads in sorted({1, 2, min(4, os.cpu_count() or 1)}):
+        start = time.perf_counter()
+        with BackgroundWriter(nifti_gz_bytes, depth=count, threads=threads) as writer:
+            for _ in range(count):
+                writer.submit(full_size)
+        rows.append({"row": f"background writer, {threads} thread(s): encode + gzip {count} subjects, 160x224x160",
+                     "s_per_subject": round((time.perf_counter() - start) / count, 4)})  # fmt: skip
     payload = nifti_gz_bytes(to_nifti(volume, np.asarray(pipeline.config.affine), "float32"))
     with tempfile.TemporaryDirectory() as run:
         server = start_s3(Path(run), "bench", "bench-secret-key")
@@ -229,7 +240,8 @@ def io_rows(pipeline: BrainLDMPipeline, say: Callable[[str], None], task_row: bo
                 SubjectJob(tenant="bench", cohort_id="bench", model="demo", participant_id=f"sub-{i + 1:06d}",
                            sex="F", age=65, ventricular_volume_mm3=30000, brain_volume_mm3=1.5e6, seed=seeds[i])
                 for i in range(width)])  # fmt: skip
-            _, task, _ = _timed(lambda: generate_subjects(batch, store, lambda _name: pipeline))
+            threads = WorkerSettings.model_fields["writer_threads"].default
+            _, task, _ = _timed(lambda: generate_subjects(batch, store, lambda _name: pipeline, threads))
         finally:
             server.stop()
     rows.append({"row": f"worker task, {width} subjects (sample + background encode/upload)",
@@ -285,20 +297,41 @@ def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
              "mb_per_s": round(total / 1e6 / seconds), "peak_rss_mib": round(measured["peak_rss_mib"], 1)}]  # fmt: skip
 
 
+def decode_rows(device: torch.device, latent: str, say: Callable[[str], None]) -> list[dict]:
+    """The ukb decoder's peak memory, whole volume against slab by slab (each in a fresh process)."""
+    shape = "x".join(str(8 * int(n)) for n in latent.split("x"))
+    variants = [("whole volume", []), ("slab by slab, 8 rows", ["--slab", "8"])]
+    if device.type == "cuda":
+        variants.append(("slab by slab, 8 rows, host offload", ["--slab", "8", "--offload"]))
+    rows = []
+    for label, extra in variants:
+        say(f"decode memory: {label} at {shape}")
+        command = [sys.executable, "-m", "bench.decode_memory", "--latent", latent, "--device", str(device), *extra]
+        measured = json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+        )
+        row = {"row": f"decode {shape}, ukb decoder (random weights): {label}",
+               "s_per_brain": round(measured["seconds"], 2), "peak_mib": round(measured["peak_mib"], 1)}  # fmt: skip
+        if "max_abs_diff" in measured:
+            row["max_abs_diff_vs_whole"] = measured["max_abs_diff"]
+        rows.append(row)
+    return rows
+
+
 def gpu_rows(device: torch.device) -> list[dict]:
     if device.type == "cuda":
         return []
     reason = "not measured: no GPU on this machine (this task was lent no GPU machine)"
     return [{"row": f"GPU: {what}", "s_per_brain": reason} for what in (
         "ukb preset, ddim 50, bf16 autocast (target <= 0.25 s/brain on an H100)",
-        "torch.compile / CUDA graphs", "tiled decode at full size (24 GB card)")]  # fmt: skip
+        "torch.compile / CUDA graphs", "slab decode at full size on a 24 GB card")]  # fmt: skip
 
 
 def format_table(rows: list[dict]) -> str:
     columns = ["row", "s_per_brain", "brains_per_hour", "speedup", "peak_mib", "ventricles_r",
-               "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "max_abs_diff_vs_fp32", "s_per_subject",
-               "gzip_ratio", "sampling_alone_s_per_subject", "sampling_share_percent", "mb_per_s",
-               "peak_rss_mib"]  # fmt: skip
+               "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "max_abs_diff_vs_fp32",
+               "max_abs_diff_vs_whole", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
+               "sampling_share_percent", "mb_per_s", "peak_rss_mib"]  # fmt: skip
     used = [c for c in columns if any(c in r for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for r in rows:
@@ -317,7 +350,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=16, help="subjects per batched/fast-sampler row (default 16)")
     parser.add_argument("--archive-gb", type=float, default=2.0)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("sampling", "io", "archive"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("sampling", "io", "archive", "decode"))
+    parser.add_argument(
+        "--decode-latent", help="latent grid of the decode-memory rows (default: 20x28x20 on cuda, 10x14x10 on cpu)"
+    )
     parser.add_argument("--out", type=Path, default=Path("out/bench.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -347,6 +383,9 @@ def main() -> None:
         rows += io_rows(pipeline, say, task_row=args.preset == "demo" or pipeline.device.type == "cuda")
     if "archive" not in args.skip:
         rows += archive_rows(args.archive_gb, say)
+    if "decode" not in args.skip:
+        latent = args.decode_latent or ("20x28x20" if pipeline.device.type == "cuda" else "10x14x10")
+        rows += decode_rows(pipeline.device, latent, say)
     rows += gpu_rows(pipeline.device)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads, device {pipeline.device}"  # fmt: skip

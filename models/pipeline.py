@@ -82,6 +82,8 @@ class BrainLDMPipeline:
         self.unet = unet.to(self.device).eval()
         #: decode ``decode_slab`` rows at a time with whole-volume GroupNorm statistics (``None``: whole volume)
         self.decode_slab = decode_slab
+        #: with ``decode_slab``: full-size decoder tensors kept in host memory, slabs computed on ``device``
+        self.decode_offload = decode_offload
         self._slab_decoder = (
             SlabDecoder(self.autoencoder, decode_slab, offload=decode_offload) if decode_slab is not None else None
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,11 +25,19 @@ class WorkerSettings(BaseSettings):
     precision: Literal["bf16", "fp16"] | None = Field(None, description="autocast UNet and decoder; default float32")
     decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
     decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
+    #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
+    writer_threads: int = Field(2, ge=1, le=32)
     #: Must exceed the longest task: a task still running after it is delivered again (Celery on Redis).
     visibility_timeout_s: int = Field(3600, ge=10)
     task_time_limit_s: int = Field(1800, ge=10)
     #: Deliveries of one subject before it is failed for good (a poison task ends, it does not loop).
     max_attempts: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _offload_needs_slabs(self) -> WorkerSettings:
+        if self.decode_offload and self.decode_slab is None:
+            raise ValueError("BRAINSYNTH_DECODE_OFFLOAD needs BRAINSYNTH_DECODE_SLAB (rows per slab)")
+        return self
 
 
 @lru_cache

@@ -36,9 +36,13 @@ DEFAULT_COHORT_NAME = "BrainSynth synthetic cohort"
 
 
 def generate_subjects(
-    batch: SubjectBatch, store: ObjectStore, pipeline_for: Callable[[str], BrainLDMPipeline]
+    batch: SubjectBatch,
+    store: ObjectStore,
+    pipeline_for: Callable[[str], BrainLDMPipeline],
+    writer_threads: int = 1,
 ) -> list[SubjectResult]:
-    """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing.
+    """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing,
+    ``writer_threads`` subjects at a time in the background while later subjects decode.
 
     A redelivered batch is sampled whole again, so the subjects it still has to store get the same bytes
     as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
@@ -77,7 +81,7 @@ def generate_subjects(
             extrapolate=first.extrapolate,
         )
         # Subject i is encoded and uploaded while subject i + 1 is decoded; all are written before returning.
-        with BackgroundWriter(store_subject) as writer:
+        with BackgroundWriter(store_subject, threads=writer_threads) as writer:
             for job, sample in zip(batch.subjects, samples, strict=True):
                 if job in missing:
                     writer.submit((job, sample))

@@ -102,7 +102,7 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
         raise PoisonTaskError(f"{', '.join(participants)} of cohort {first.cohort_id} was {reason}")
     state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
     try:
-        results = generate_subjects(batch, store, pipeline_for)
+        results = generate_subjects(batch, store, pipeline_for, get_settings().writer_threads)
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
         _fail(record, participants, str(err))
         raise

@@ -66,3 +66,26 @@ def test_a_failing_block_still_finishes_submitted_writes() -> None:
     assert written == [1, 2]
     with pytest.raises(RuntimeError, match="closed"):
         writer.submit(3)
+
+
+def test_threads_write_concurrently_and_all_items_land() -> None:
+    running, peak, written = 0, 0, []
+    lock = threading.Lock()
+
+    def write(item: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+            written.append(item)
+
+    with BackgroundWriter(write, depth=4, threads=3) as writer:
+        for item in range(12):
+            writer.submit(item)
+    assert sorted(written) == list(range(12))
+    assert peak == 3  # three writes in flight at once, never more
+    with pytest.raises(ValueError, match="threads"):
+        BackgroundWriter(write, threads=0)

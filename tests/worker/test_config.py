@@ -1,0 +1,48 @@
+"""Worker settings from ``BRAINSYNTH_*`` variables reach the loaded pipeline; bad combinations fail at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from worker import config, gpu
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAINSYNTH_S3_ACCESS_KEY", "key")
+    monkeypatch.setenv("BRAINSYNTH_S3_SECRET_KEY", "secret")
+    config.get_settings.cache_clear()
+    gpu.pipeline_for.cache_clear()
+    yield
+    config.get_settings.cache_clear()
+    gpu.pipeline_for.cache_clear()
+
+
+def test_decode_and_precision_settings_reach_the_pipeline(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRAINSYNTH_DECODE_SLAB", "3")
+    monkeypatch.setenv("BRAINSYNTH_DECODE_OFFLOAD", "true")
+    monkeypatch.setenv("BRAINSYNTH_PRECISION", "bf16")
+    pipeline = gpu.pipeline_for(str(tiny_model_dir))
+    assert (pipeline.decode_slab, pipeline.decode_offload, pipeline.precision) == (3, True, "bf16")
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"BRAINSYNTH_DECODE_OFFLOAD": "true"}, "BRAINSYNTH_DECODE_OFFLOAD needs BRAINSYNTH_DECODE_SLAB"),
+        ({"BRAINSYNTH_DECODE_SLAB": "0"}, "decode_slab"),
+        ({"BRAINSYNTH_PRECISION": "fp8"}, "precision"),
+    ],
+)
+def test_bad_settings_name_the_variable(
+    variables: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        config.get_settings()
