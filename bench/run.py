@@ -27,6 +27,7 @@ import torch
 from bench.baseline import bundle_loop
 from models.conditioning import Covariates
 from models.design import subject_seed
+from models.execution import Execution
 from models.nifti import nifti_gz_bytes, to_nifti
 from models.pipeline import BrainLDMPipeline
 from models.registry import resolve_model_dir
@@ -139,11 +140,12 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
         if batch == 8:
             reference_r = fidelity(samples)
             extra["ventricles_r"] = reference_r
+            batch8 = samples
         rows.append(_row(f"project sampler, ddim 50, batch {batch}", n, seconds, mib, **extra))
     # bf16 is a GPU feature; on a CPU (slow bf16 kernels) two brains measure its error against float32.
     width = n if pipeline.device.type == "cuda" else 2
     say(f"ddim 50, bf16 autocast, {width} brains, batch {min(width, 8)}")
-    reduced = BrainLDMPipeline(config, pipeline.autoencoder, pipeline.unet, pipeline.device, precision="bf16")
+    reduced = BrainLDMPipeline(config, pipeline.autoencoder, pipeline.unet, pipeline.device, Execution("bf16"))
     samples, seconds, mib = _timed(
         lambda: reduced(covariates[:width], seeds[:width], num_inference_steps=50, batch_size=min(width, 8))
     )
@@ -163,6 +165,22 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
         if r is not None and reference_r:
             extra["fidelity_vs_ddim50_percent"] = round(100 * (r - reference_r) / abs(reference_r), 1)
         rows.append(_row(f"{sampler} {steps}, batch 8", n, seconds, mib, **extra))
+    # Last: channels-last converts the shared modules in place.
+    for label, execution in (
+        ("torch.compile", Execution(compile=True)),
+        ("channels-last", Execution(channels_last=True)),
+    ):
+        say(f"ddim 50, batch 8, {label}")
+        faster = BrainLDMPipeline(config, pipeline.autoencoder, pipeline.unet, pipeline.device, execution)
+        start = time.perf_counter()
+        faster(covariates[:8], seeds[:8], num_inference_steps=1, batch_size=8)  # compiles (or warms up)
+        warm_up = time.perf_counter() - start
+        samples, seconds, mib = _timed(
+            lambda faster=faster: faster(covariates, seeds, num_inference_steps=50, batch_size=8)
+        )
+        error = max(float(np.abs(a.volume - b.volume).max()) for a, b in zip(batch8, samples, strict=True))
+        rows.append(_row(f"ddim 50, batch 8, {label}", n, seconds, mib, speedup=round(base_per / (seconds / n), 2),
+                         max_abs_diff_vs_fp32=error, warm_up_s=round(warm_up, 1)))  # fmt: skip
     return rows
 
 
@@ -319,18 +337,19 @@ def decode_rows(device: torch.device, latent: str, say: Callable[[str], None]) -
 
 
 def gpu_rows(device: torch.device) -> list[dict]:
+    rows = [{"row": "CUDA graphs", "s_per_brain": "not implemented: needs a GPU to develop and check against"}]
     if device.type == "cuda":
-        return []
+        return rows
     reason = "not measured: no GPU on this machine (this task was lent no GPU machine)"
     return [{"row": f"GPU: {what}", "s_per_brain": reason} for what in (
         "ukb preset, ddim 50, bf16 autocast (target <= 0.25 s/brain on an H100)",
-        "torch.compile / CUDA graphs", "slab decode at full size on a 24 GB card")]  # fmt: skip
+        "torch.compile and channels-last on a GPU", "slab decode at full size on a 24 GB card")] + rows  # fmt: skip
 
 
 def format_table(rows: list[dict]) -> str:
     columns = ["row", "s_per_brain", "brains_per_hour", "speedup", "peak_mib", "ventricles_r",
                "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "max_abs_diff_vs_fp32",
-               "max_abs_diff_vs_whole", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
+               "max_abs_diff_vs_whole", "warm_up_s", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
                "sampling_share_percent", "mb_per_s", "peak_rss_mib"]  # fmt: skip
     used = [c for c in columns if any(c in r for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]

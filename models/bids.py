@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from models.conditioning import Covariates
 from models.config import ModelConfig
+from models.execution import Execution
 from models.nifti import OutputDType
 from models.presets import RESEARCH_USE
 
@@ -80,10 +81,8 @@ class SamplerSettings:
     eta: float
     batch_size: int
     dtype: OutputDType
-    #: autocast precision of the UNet and decoder (``None``: float32)
-    precision: str | None = None
-    #: rows per slab of the slab-by-slab decode (``None``: whole volume); values agree within float rounding
-    decode_slab: int | None = None
+    #: how the networks ran (precision, memory format, compilation, slab decode)
+    execution: Execution = field(default_factory=Execution)
 
 
 def model_hash(config: ModelConfig) -> str:
@@ -212,8 +211,7 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         "Eta": sampler.eta,
         # Bytes are reproducible at the same batch size; across batch sizes values agree within 1e-5.
         "BatchSize": sampler.batch_size,
-        "Precision": sampler.precision or "float32",
-        "DecodeSlab": sampler.decode_slab,
+        **sampler.execution.sidecar(),
         "ModelName": config.name,
         "ModelVersion": config.version,
         "ModelSHA256": model_hash(config),

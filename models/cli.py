@@ -14,6 +14,7 @@ from models.cohort import write_cohort
 from models.config import read_model_config
 from models.design import DEFAULT_STEPS
 from models.errors import BrainSynthError
+from models.execution import Execution
 from models.networks import parameter_counts
 from models.presets import PRESETS, ukb
 from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
@@ -46,6 +47,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("bf16", "fp16"),
         help="autocast the UNet and decoder (faster on GPUs; default float32, the bundle's setting)",
+    )
+    sample.add_argument(
+        "--channels-last", action="store_true", help="channels-last (NDHWC) tensors; faster on some hardware"
+    )
+    sample.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet and decoder (pays off on long runs, if at all)"
     )
     sample.add_argument(
         "--decode-slab",
@@ -303,17 +310,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
     build_scheduler(config.scheduler, args.sampler, steps)  # validate before loading weights
     subjects = cohort_subjects(args, config.conditioning)
-    if args.decode_slab is not None and args.decode_slab < 1:
-        raise UsageError(f"--decode-slab must be at least 1 row, got {args.decode_slab}")
-    if args.decode_offload and args.decode_slab is None:
-        raise UsageError("--decode-offload needs --decode-slab ROWS")
-    pipeline = BrainLDMPipeline.from_dir(
-        model_dir,
-        device=args.device,
-        precision=args.precision,
-        decode_slab=args.decode_slab,
-        decode_offload=args.decode_offload,
-    )
+    execution = Execution(args.precision, args.channels_last, args.compile, args.decode_slab, args.decode_offload)
+    pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device, execution=execution)
     total = len(subjects) * (steps + 1)
     with tqdm(total=total, unit="step", desc=f"sampling {len(subjects)} subjects", file=sys.stderr) as bar:
 

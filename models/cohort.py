@@ -74,9 +74,7 @@ def write_cohort(
     (out_dir / "dataset_description.json").write_text(dumps(dataset_description(config, cohort_name)))
     (out_dir / "README").write_text(dataset_readme(config, cohort_name))
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
-    settings = SamplerSettings(
-        sampler, num_inference_steps, 0.0, batch_size, dtype, pipeline.precision, pipeline.decode_slab
-    )
+    settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype, pipeline.execution)
     records: list[SubjectRecord] = []
     total = len(subjects) * (num_inference_steps + 1)
     done_before = 0

@@ -21,13 +21,14 @@ from models.conditioning import Covariates, normalise
 from models.config import ModelConfig, read_model_config
 from models.design import DEFAULT_STEPS
 from models.errors import SamplingError, WeightsError
+from models.execution import Execution, Precision
 from models.networks import build_autoencoder, build_unet
 from models.sampling import build_scheduler, denoise, subject_generator
 from models.slab_decode import SlabDecoder
 from models.weights import load_state_dict_strict, read_state_dict, verify_sha256
 
 #: Reduced precisions for the UNet and decoder (autocast); ``None`` is float32.
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[Precision, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: ``callback(done, total)``: work units done so far; one unit per subject per denoising step and one
 #: per decoded subject.
@@ -68,34 +69,34 @@ class BrainLDMPipeline:
         autoencoder: AutoencoderKL,
         unet: DiffusionModelUNet,
         device: torch.device | str = "cpu",
-        precision: str | None = None,
-        decode_slab: int | None = None,
-        decode_offload: bool = False,
+        execution: Execution | None = None,
     ) -> None:
-        if precision is not None and precision not in PRECISIONS:
-            raise SamplingError(f"precision must be one of {sorted(PRECISIONS)} or None, got {precision!r}")
         self.config = config
         self.device = torch.device(device)
-        #: autocast dtype for the UNet and the decoder (``None``: float32, the bundle's setting)
-        self.precision = precision
-        self.autoencoder = autoencoder.to(self.device).eval()
-        self.unet = unet.to(self.device).eval()
-        #: decode ``decode_slab`` rows at a time with whole-volume GroupNorm statistics (``None``: whole volume)
-        self.decode_slab = decode_slab
-        #: with ``decode_slab``: full-size decoder tensors kept in host memory, slabs computed on ``device``
-        self.decode_offload = decode_offload
-        self._slab_decoder = (
-            SlabDecoder(self.autoencoder, decode_slab, offload=decode_offload) if decode_slab is not None else None
+        #: how the networks run (precision, memory format, compilation, slab decode); recorded in sidecars
+        self.execution = execution or Execution()
+        memory_format = torch.channels_last_3d if self.execution.channels_last else torch.contiguous_format
+        self.autoencoder = autoencoder.to(self.device, memory_format=memory_format).eval()
+        self.unet = unet.to(self.device, memory_format=memory_format).eval()
+        self._memory_format = memory_format
+        self._unet_call: torch.nn.Module = (
+            torch.compile(self.unet, dynamic=False) if self.execution.compile else self.unet
         )
+        self._slab_decoder: SlabDecoder | None = None
+        self._decode_whole: Callable[[torch.Tensor], torch.Tensor] = self.autoencoder.decode_stage_2_outputs
+        if self.execution.decode_slab is not None:
+            self._slab_decoder = SlabDecoder(
+                self.autoencoder, self.execution.decode_slab, self.execution.decode_offload
+            )
+        elif self.execution.compile:
+            self._decode_whole = torch.compile(self.autoencoder.decode_stage_2_outputs, dynamic=False)
 
     @classmethod
     def from_dir(
         cls,
         model_dir: Path | str,
         device: str | None = "cpu",
-        precision: str | None = None,
-        decode_slab: int | None = None,
-        decode_offload: bool = False,
+        execution: Execution | None = None,
     ) -> BrainLDMPipeline:
         """Load a model directory, checking each weight file's sha256 against ``model.json`` first."""
         model_dir = Path(model_dir)
@@ -117,7 +118,7 @@ class BrainLDMPipeline:
             path = model_dir / entry.file
             verify_sha256(path, entry.sha256)
             load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
-        return cls(config, autoencoder, unet, torch_device, precision, decode_slab, decode_offload)
+        return cls(config, autoencoder, unet, torch_device, execution)
 
     def __call__(self, covariates: Sequence[Covariates], seeds: Sequence[int], **options: Any) -> list[SubjectSample]:
         """Sample one volume per subject: :meth:`generate`'s samples as a list (same keyword options)."""
@@ -187,7 +188,7 @@ class BrainLDMPipeline:
             with torch.inference_mode(), self._autocast():
                 conditioning = torch.tensor(vectors[start:stop], dtype=torch.float32, device=self.device)
                 latents = denoise(
-                    self.unet,
+                    self._unet_call,
                     build_scheduler(self.config.scheduler, sampler, steps),
                     sampler,
                     conditioning,
@@ -205,19 +206,16 @@ class BrainLDMPipeline:
                 yield SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index])
 
     def _autocast(self) -> torch.autocast | nullcontext:
-        if self.precision is None:
+        if self.execution.precision is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.execution.precision])
 
     def decode(self, latent: torch.Tensor) -> np.ndarray:
         """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor.
 
-        With ``decode_slab`` the decoder runs slab by slab (:class:`models.slab_decode.SlabDecoder`): the same
-        volume within float rounding, in less memory."""
-        scaled = latent.float() / self.config.scale_factor
+        With ``execution.decode_slab`` the decoder runs slab by slab (:class:`models.slab_decode.SlabDecoder`):
+        the same volume within float rounding, in less memory."""
+        scaled = (latent.float() / self.config.scale_factor).contiguous(memory_format=self._memory_format)
         with torch.inference_mode(), self._autocast():
-            if self._slab_decoder is not None:
-                image = self._slab_decoder(scaled)
-            else:
-                image = self.autoencoder.decode_stage_2_outputs(scaled)
+            image = self._slab_decoder(scaled) if self._slab_decoder is not None else self._decode_whole(scaled)
         return image[0, 0].float().cpu().numpy()

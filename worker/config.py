@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.execution import Execution
+
 
 class WorkerSettings(BaseSettings):
     """Broker, object storage and execution limits of a GPU (or CPU) worker."""
@@ -23,6 +25,8 @@ class WorkerSettings(BaseSettings):
     s3_secure: bool = False
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
     precision: Literal["bf16", "fp16"] | None = Field(None, description="autocast UNet and decoder; default float32")
+    channels_last: bool = Field(False, description="channels-last (NDHWC) tensors for the UNet and decoder")
+    compile: bool = Field(False, description="torch.compile the UNet and decoder (compiles per batch size)")
     decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
     decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
     #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
@@ -34,10 +38,14 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
 
     @model_validator(mode="after")
-    def _offload_needs_slabs(self) -> WorkerSettings:
-        if self.decode_offload and self.decode_slab is None:
-            raise ValueError("BRAINSYNTH_DECODE_OFFLOAD needs BRAINSYNTH_DECODE_SLAB (rows per slab)")
+    def _valid_execution(self) -> WorkerSettings:
+        self.execution()
         return self
+
+    def execution(self) -> Execution:
+        """How this worker runs the networks (``BRAINSYNTH_PRECISION``, ``_CHANNELS_LAST``, ``_COMPILE``,
+        ``_DECODE_SLAB``, ``_DECODE_OFFLOAD``)."""
+        return Execution(self.precision, self.channels_last, self.compile, self.decode_slab, self.decode_offload)
 
 
 @lru_cache

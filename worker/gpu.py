@@ -13,10 +13,4 @@ from worker.config import get_settings
 def pipeline_for(model: str) -> BrainLDMPipeline:
     """The process's pipeline for a registered model name (weights hash-checked when loaded)."""
     settings = get_settings()
-    return BrainLDMPipeline.from_dir(
-        resolve_model_dir(model),
-        device=settings.device,
-        precision=settings.precision,
-        decode_slab=settings.decode_slab,
-        decode_offload=settings.decode_offload,
-    )
+    return BrainLDMPipeline.from_dir(resolve_model_dir(model), device=settings.device, execution=settings.execution())

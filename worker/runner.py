@@ -61,7 +61,7 @@ def generate_subjects(
         pipeline = pipeline_for(first.model)
         covariates = [Covariates(j.sex, j.age, j.ventricular_volume_mm3, j.brain_volume_mm3) for j in batch.subjects]
         settings = SamplerSettings(
-            first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype, pipeline.precision, pipeline.decode_slab
+            first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype, pipeline.execution
         )
 
         def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:

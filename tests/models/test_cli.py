@@ -103,8 +103,8 @@ def test_sample_from_a_subjects_file(tiny_model_dir: Path, tmp_path: Path, capsy
         (["--n", "2", "--age", "50", "--age-range", "50", "60"], "not allowed with argument"),
         ([], "--n is required unless --subjects is given"),
         (["--n", "2", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
-        (["--n", "2", "--decode-slab", "0"], "--decode-slab must be at least 1 row"),
-        (["--n", "2", "--decode-offload"], "--decode-offload needs --decode-slab"),
+        (["--n", "2", "--decode-slab", "0"], "(--decode-slab, BRAINSYNTH_DECODE_SLAB) must be at least 1 row"),
+        (["--n", "2", "--decode-offload"], "needs a decode slab: set --decode-slab ROWS"),
     ],
 )
 def test_bad_arguments_give_one_line(

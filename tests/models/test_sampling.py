@@ -13,6 +13,7 @@ from models.conditioning import Covariates, normalise
 from models.config import SchedulerConfig
 from models.design import subject_seed
 from models.errors import SamplingError
+from models.execution import Execution
 from models.pipeline import BrainLDMPipeline
 from models.sampling import build_scheduler, initial_latent, subject_generator
 from tests.conftest import tiny_config, tiny_networks
@@ -201,10 +202,23 @@ def test_generate_streams_subjects_and_checks_arguments_up_front(pipeline: Brain
 
 def test_reduced_precision_stays_close_to_float32(pipeline: BrainLDMPipeline) -> None:
     full = pipeline(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2)
-    half = BrainLDMPipeline(pipeline.config, pipeline.autoencoder, pipeline.unet, "cpu", precision="bf16")
+    half = BrainLDMPipeline(pipeline.config, pipeline.autoencoder, pipeline.unet, "cpu", Execution("bf16"))
     reduced = half(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2)
     difference = max(float(np.abs(a.volume - b.volume).max()) for a, b in zip(full, reduced, strict=True))
     assert 0.0 < difference < 0.05  # bf16 really ran, and stays near float32
     assert all(s.volume.dtype == np.float32 for s in reduced)
     with pytest.raises(SamplingError, match="precision"):
-        BrainLDMPipeline(pipeline.config, pipeline.autoencoder, pipeline.unet, "cpu", precision="int8")
+        Execution("int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("execution", [Execution(channels_last=True), Execution(compile=True)], ids=["nhwc", "compile"])
+def test_channels_last_and_compile_keep_values(execution: Execution) -> None:
+    config = tiny_config().model_copy(update={"scheduler": SchedulerConfig(num_train_timesteps=100)})
+    eager = BrainLDMPipeline(config, *tiny_networks(config))
+    expected = eager(SUBJECTS[:2], SEEDS[:2], num_inference_steps=3, batch_size=2)
+    faster = BrainLDMPipeline(config, *tiny_networks(config), execution=execution)
+    samples = faster(SUBJECTS[:2], SEEDS[:2], num_inference_steps=3, batch_size=2)
+    scale = max(float(np.abs(s.volume).max()) for s in expected)
+    assert all(np.abs(a.volume - b.volume).max() <= 1e-5 * scale for a, b in zip(expected, samples, strict=True))
+    if execution.channels_last:
+        assert faster.unet.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)

@@ -12,6 +12,7 @@ import torch
 from models.cli import main
 from models.conditioning import Covariates
 from models.errors import SamplingError
+from models.execution import Execution
 from models.networks import build_autoencoder
 from models.pipeline import BrainLDMPipeline
 from models.presets import demo
@@ -68,7 +69,9 @@ def test_pipeline_and_sidecar_record_the_slab(tiny_model_dir: Path, tmp_path: Pa
     autoencoder, unet = tiny_networks(config)
     subjects, seeds = [Covariates("F", 61.0, 30000.0, 1500000.0)], [5]
     whole = BrainLDMPipeline(config, autoencoder, unet)(subjects, seeds, num_inference_steps=3)[0].volume
-    slabbed = BrainLDMPipeline(config, autoencoder, unet, decode_slab=2)(subjects, seeds, num_inference_steps=3)
+    slabbed = BrainLDMPipeline(config, autoencoder, unet, execution=Execution(decode_slab=2))(
+        subjects, seeds, num_inference_steps=3
+    )
     assert np.abs(slabbed[0].volume - whole).max() <= 1e-5 * np.abs(whole).max()
 
     out = tmp_path / "cohort"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from models.execution import Execution
 from worker import config, gpu
 
 
@@ -28,13 +29,13 @@ def test_decode_and_precision_settings_reach_the_pipeline(
     monkeypatch.setenv("BRAINSYNTH_DECODE_OFFLOAD", "true")
     monkeypatch.setenv("BRAINSYNTH_PRECISION", "bf16")
     pipeline = gpu.pipeline_for(str(tiny_model_dir))
-    assert (pipeline.decode_slab, pipeline.decode_offload, pipeline.precision) == (3, True, "bf16")
+    assert pipeline.execution == Execution("bf16", decode_slab=3, decode_offload=True)
 
 
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
-        ({"BRAINSYNTH_DECODE_OFFLOAD": "true"}, "BRAINSYNTH_DECODE_OFFLOAD needs BRAINSYNTH_DECODE_SLAB"),
+        ({"BRAINSYNTH_DECODE_OFFLOAD": "true"}, "BRAINSYNTH_DECODE_OFFLOAD\\) needs a decode slab"),
         ({"BRAINSYNTH_DECODE_SLAB": "0"}, "decode_slab"),
         ({"BRAINSYNTH_PRECISION": "fp8"}, "precision"),
     ],
