@@ -37,3 +37,15 @@ def test_io_rows_time_a_real_worker_task(tiny_model_dir: Path) -> None:
     assert task["sampling_share_percent"] > 0  # a ratio of two timings: no bound asserted (noise)
     full_size = rows["NIfTI encode + gzip level 1, 160x224x160 (as shipped)"]
     assert full_size["bytes_in"] > 160 * 224 * 160 * 4 and full_size["gzip_ratio"] > 1
+
+
+def test_decode_memory_rows_measure_both_decoders_in_fresh_processes() -> None:
+    import torch
+
+    from bench.run import decode_rows
+
+    rows = decode_rows(torch.device("cpu"), "2x3x2", lambda _message: None)
+    whole, slab = rows
+    assert whole["row"].startswith("decode 16x24x16") and "whole volume" in whole["row"]
+    assert whole["peak_mib"] > 0 and slab["peak_mib"] > 0
+    assert 0 < slab["max_abs_diff_vs_whole"] < 1e-3  # the same volume, computed another way
