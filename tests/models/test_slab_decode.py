@@ -73,6 +73,9 @@ def test_pipeline_and_sidecar_record_the_slab(tiny_model_dir: Path, tmp_path: Pa
         subjects, seeds, num_inference_steps=3
     )
     assert np.abs(slabbed[0].volume - whole).max() <= 1e-5 * np.abs(whole).max()
+    channels_last = Execution(channels_last=True, decode_slab=2)
+    nhwc = BrainLDMPipeline(config, *tiny_networks(config), execution=channels_last)
+    assert np.abs(nhwc(subjects, seeds, num_inference_steps=3)[0].volume - whole).max() <= 1e-5 * np.abs(whole).max()
 
     out = tmp_path / "cohort"
     argv = ["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "3", "--steps", "2", "--out", str(out)]
