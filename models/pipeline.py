@@ -7,6 +7,7 @@ with one generator per subject (see :mod:`models.sampling` for the noise contrac
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class BrainLDMPipeline:
         self.autoencoder = autoencoder.to(self.device, memory_format=memory_format).eval()
         self.unet = unet.to(self.device, memory_format=memory_format).eval()
         self._memory_format = memory_format
+        if self.execution.compile and self.device.type == "cpu" and shutil.which("g++") is None:
+            raise SamplingError("--compile on a CPU needs a C++ compiler (g++; torch.compile's CPU backend): "
+                                "install one or sample without --compile")  # fmt: skip
         self._unet_call: torch.nn.Module = (
             torch.compile(self.unet, dynamic=False) if self.execution.compile else self.unet
         )
