@@ -109,6 +109,9 @@ class SlabDecoder:
             if isinstance(block, AEKLResBlock):
                 if pending is not None:
                     raise SamplingError("slab decode: a GroupNorm directly before a res-block is not supported")
+                _conv3d(block.conv1), _conv3d(block.conv2)  # checked here, used when decoding
+                if not isinstance(block.nin_shortcut, nn.Identity):
+                    _conv3d(block.nin_shortcut)
                 yield _Step(resblock=block)
             elif isinstance(block, UpSample):
                 yield _Step(conv=_nearest_upsample_conv(block), pre=pending, upsample=True)
