@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-# How the shipped demo model (models/zoo/demo, version 0.2.0) was made; see README "The demo model".
-# 0.2.0 fine-tunes the UNet of 0.1.0 (and keeps its autoencoder), which git keeps at DEMO_BASE_COMMIT.
+# How the shipped demo model (models/zoo/demo, version 0.3.0) was made; see README "The demo model".
+# 0.3.0 fine-tunes the UNet of 0.1.0 (and keeps its autoencoder), which git keeps at DEMO_BASE_COMMIT.
 DEMO_DATA ?= data/phantoms-4mm
 DEMO_PROBE_DATA ?= data/phantoms-4mm-probe
 DEMO_BASE ?= data/demo-model-0.1.0
 DEMO_BASE_COMMIT ?= e54e542
 DEMO_MODEL ?= data/demo-model
-DEMO_FINETUNE_STEPS ?= 1600
+DEMO_FINETUNE_STEPS ?= 3200
 
 .PHONY: help install test test-slow lint format demo demo-model bench clean
 

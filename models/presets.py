@@ -92,7 +92,7 @@ def demo() -> ModelConfig:
     """
     return ModelConfig(
         name="demo",
-        version="0.2.0",
+        version="0.3.0",
         description="Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos",
         intended_use=RESEARCH_USE + "; a demonstration model trained on MNI152 phantoms, not on real subjects",
         autoencoder={
