@@ -81,8 +81,8 @@ class BrainLDMPipeline:
         self.unet = unet.to(self.device, memory_format=memory_format).eval()
         self._memory_format = memory_format
         if self.execution.compile and self.device.type == "cpu" and shutil.which("g++") is None:
-            raise SamplingError("--compile on a CPU needs a C++ compiler (g++; torch.compile's CPU backend): "
-                                "install one or sample without --compile")  # fmt: skip
+            raise SamplingError("--compile (BRAINSYNTH_COMPILE) on a CPU needs a C++ compiler (g++, for "
+                                "torch.compile's CPU backend): install one or run without it")  # fmt: skip
         self._unet_call: torch.nn.Module = (
             torch.compile(self.unet, dynamic=False) if self.execution.compile else self.unet
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.execution import Execution
+from models.execution import Execution, Precision
 
 
 class WorkerSettings(BaseSettings):
@@ -24,7 +23,7 @@ class WorkerSettings(BaseSettings):
     s3_bucket: str = "brainsynth"
     s3_secure: bool = False
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
-    precision: Literal["bf16", "fp16"] | None = Field(None, description="autocast UNet and decoder; default float32")
+    precision: Precision | None = Field(None, description="autocast UNet and decoder; default float32")
     channels_last: bool = Field(False, description="channels-last (NDHWC) tensors for the UNet and decoder")
     compile: bool = Field(False, description="torch.compile the UNet and decoder (compiles per batch size)")
     decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
