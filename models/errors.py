@@ -34,3 +34,7 @@ class SamplingError(BrainSynthError, ValueError):
     def __init__(self, message: str, field: str = "sampler") -> None:
         super().__init__(message)
         self.field = field
+
+
+class GenerationStopped(BrainSynthError):
+    """Sampling was stopped on request (the cohort was canceled, failed or deleted) before it finished."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from models.conditioning import Covariates, normalise
 from models.config import ModelConfig, read_model_config
 from models.design import DEFAULT_STEPS
-from models.errors import SamplingError, WeightsError
+from models.errors import GenerationStopped, SamplingError, WeightsError
 from models.execution import Execution, Precision
 from models.networks import build_autoencoder, build_unet
 from models.sampling import build_scheduler, denoise, subject_generator
@@ -34,6 +34,35 @@ PRECISIONS: dict[Precision, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torc
 #: ``callback(done, total)``: work units done so far; one unit per subject per denoising step and one
 #: per decoded subject.
 ProgressCallback = Callable[[int, int], None]
+
+#: ``should_stop()``: polled between denoising steps, between subjects and before every block of the UNet and
+#: the decoder; when it answers true, sampling raises :class:`GenerationStopped`.
+StopCheck = Callable[[], bool]
+
+
+@contextmanager
+def stop_points(modules: Sequence[torch.nn.Module], should_stop: StopCheck | None) -> Iterator[None]:
+    """Check ``should_stop`` before each child block of ``modules`` runs, so a stop request ends a step
+    within one block's time (a full-size step on a CPU takes seconds; one block a fraction of it)."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(_module: torch.nn.Module, _inputs: object) -> None:
+        if should_stop():
+            raise GenerationStopped("sampling was stopped on request")
+
+    handles = [
+        block.register_forward_pre_hook(check)
+        for module in modules
+        for block in module.modules()
+        if isinstance(block, torch.nn.Conv3d | torch.nn.Linear)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -139,6 +168,7 @@ class BrainLDMPipeline:
         batch_size: int = 1,
         extrapolate: bool = False,
         callback: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
     ) -> Iterator[SubjectSample]:
         """Sample one volume per subject, yielding each as soon as it is decoded (in input order), so a
         caller can write one subject while the next is decoded. Arguments are checked before it returns.
@@ -152,6 +182,8 @@ class BrainLDMPipeline:
             batch_size: subjects per UNet call; does not change the result.
             extrapolate: allow covariates beyond the training range (bounded, see ``models.conditioning``).
             callback: progress as ``callback(done, total)``.
+            should_stop: polled between steps, subjects and network blocks; true raises
+                :class:`~models.errors.GenerationStopped` (subjects already yielded stay yielded).
         """
         steps = num_inference_steps if num_inference_steps is not None else DEFAULT_STEPS.get(sampler, 50)
         build_scheduler(self.config.scheduler, sampler, steps)  # validates sampler and steps up front
@@ -163,7 +195,9 @@ class BrainLDMPipeline:
             raise SamplingError(f"eta must be >= 0 and is only used by ddim, got {eta} for {sampler}")
         vectors = [normalise(c, self.config.conditioning, extrapolate=extrapolate) for c in covariates]
         generators = [subject_generator(s) for s in seeds]
-        return self._generate(covariates, seeds, vectors, generators, sampler, steps, eta, batch_size, callback)
+        return self._generate(
+            covariates, seeds, vectors, generators, sampler, steps, eta, batch_size, callback, should_stop
+        )
 
     def _generate(
         self,
@@ -176,10 +210,17 @@ class BrainLDMPipeline:
         eta: float,
         batch_size: int,
         callback: ProgressCallback | None,
+        should_stop: StopCheck | None,
     ) -> Iterator[SubjectSample]:
         total = len(seeds) * (steps + 1)
         done = 0
+
+        def check_stop() -> None:
+            if should_stop is not None and should_stop():
+                raise GenerationStopped("sampling was stopped on request")
+
         for start in range(0, len(seeds), batch_size):
+            check_stop()
             stop = min(start + batch_size, len(seeds))
             width = stop - start
 
@@ -188,8 +229,11 @@ class BrainLDMPipeline:
                 done += width
                 if callback is not None:
                     callback(done, total)
+                check_stop()
 
-            with torch.inference_mode(), self._autocast():
+            # compiled graphs would recompile around hooks: with --compile a stop waits for the step's end
+            hooked = [] if self.execution.compile else [self.unet, self.autoencoder]
+            with torch.inference_mode(), self._autocast(), stop_points(hooked, should_stop):
                 conditioning = torch.tensor(vectors[start:stop], dtype=torch.float32, device=self.device)
                 latents = denoise(
                     self._unet_call,
@@ -202,7 +246,9 @@ class BrainLDMPipeline:
                     callback=on_step,
                 )
             for offset in range(width):
-                volume = self.decode(latents[offset : offset + 1])
+                check_stop()
+                with stop_points(hooked, should_stop):
+                    volume = self.decode(latents[offset : offset + 1])
                 index = start + offset
                 done += 1
                 if callback is not None:

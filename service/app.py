@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import json
 import logging
+import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import redis
+import urllib3
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from minio import Minio
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bids import participant_id, sidecar_path, t1w_path
 from models.conditioning import Covariates, normalise
@@ -40,9 +50,18 @@ from models.design import (
 from models.errors import BrainSynthError, ConditioningError, SamplingError
 from models.registry import ModelEntry, list_models
 from service.archive import stream_zip
-from service.schemas import CohortPage, CohortRequest, CohortStatus, Progress, SubjectOut, SubjectPage
+from service.schemas import (
+    CohortPage,
+    CohortRequest,
+    CohortStatus,
+    Progress,
+    SubjectOut,
+    SubjectPage,
+    duplicate_subject,
+)
 from service.settings import ServiceSettings
 from worker.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
+from worker.liveness import live_workers
 from worker.queue import create_app as create_celery
 from worker.state import (
     FINAL,
@@ -59,7 +78,7 @@ from worker.state import (
     stored_subjects,
     write_final_state,
 )
-from worker.storage import ObjectStore, cohort_prefix
+from worker.storage import ObjectStore, StorageError, cohort_prefix
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +90,73 @@ def _invalid(loc: list[str | int], message: str) -> HTTPException:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+#: A worker counts as alive when it beat within this many seconds (it beats every ``heartbeat_s``).
+WORKER_ALIVE_S = 10.0
+
+
+class Readiness:
+    """``/readyz`` without work per request: one thread probes Redis, object storage and the workers'
+    heartbeats every second, each probe bounded by a 0.5 s timeout and no retries, and requests read the
+    latest snapshot. However many probes arrive, they take no thread, connection or pool slot."""
+
+    def __init__(self, settings: ServiceSettings, period: float = 1.0, timeout: float = 0.5) -> None:
+        self.period = period
+        self.redis = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False, maxsize=1)
+        self.s3 = Minio(
+            settings.s3_endpoint,
+            settings.s3_access_key.get_secret_value(),
+            settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region="us-east-1",
+            http_client=http,
+        )
+        self.bucket = settings.s3_bucket
+        self._snapshot: tuple[float, dict[str, Any]] = (0.0, {"ready": False, "detail": "not probed yet"})
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="brainsynth-readiness", daemon=True)
+
+    def probe(self) -> dict[str, Any]:
+        """Probe every dependency once (at most ~1.5 s in all)."""
+        checks: dict[str, Any] = {}
+        try:
+            self.redis.ping()
+            checks["redis"] = True
+            alive = live_workers(self.redis, WORKER_ALIVE_S)
+            checks["workers"] = alive if alive else f"no worker beat in the last {WORKER_ALIVE_S:.0f} s"
+        except redis.RedisError as err:
+            checks["redis"] = f"unreachable: {err}"
+            checks["workers"] = "unknown (Redis unreachable)"
+        try:
+            checks["storage"] = bool(self.s3.bucket_exists(self.bucket)) or "bucket missing"
+        except Exception as err:  # reported, not raised: readiness lists every failing part
+            checks["storage"] = f"unreachable: {type(err).__name__}"
+        ready = checks["redis"] is True and checks["storage"] is True and isinstance(checks["workers"], int)
+        return {"ready": ready, **checks}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest probe; not ready if the prober itself has stalled."""
+        taken, checks = self._snapshot
+        age = time.monotonic() - taken
+        if age > 5 * self.period + 2:
+            return {**checks, "ready": False, "detail": f"no readiness probe for {age:.0f} s"}
+        return checks
+
+    def start(self) -> None:
+        self._snapshot = (time.monotonic(), self.probe())
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _loop(self) -> None:
+        while not self._halt.wait(self.period):
+            try:
+                self._snapshot = (time.monotonic(), self.probe())
+            except Exception:  # the prober must not die; a stale snapshot reads as not ready
+                log.exception("readiness probe failed")
 
 
 class Service:
@@ -85,10 +171,13 @@ class Service:
             settings.s3_bucket,
             secure=settings.s3_secure,
             public_endpoint=settings.s3_public_endpoint,
+            retry_seconds=settings.request_storage_retry_s,
         )
         self.store.ensure_bucket()
-        self.state = CohortState(connect(settings.broker_url))
+        # A few retries only: a request waits seconds, not half a minute, then answers 503.
+        self.state = CohortState(connect(settings.broker_url, retries=3))
         self.celery = create_celery(settings)
+        self.readiness = Readiness(settings)
 
     # -- models -----------------------------------------------------------------------------------
     def ready_model(self, name: str) -> ModelEntry:
@@ -150,20 +239,24 @@ class Service:
 
     def submit(self, tenant: str, raw: bytes, idempotency_key: str | None) -> tuple[CohortRecord, bool]:
         """Validate, register and queue a cohort; returns (record, created now)."""
-        try:
-            document = json.loads(raw)
-            request = CohortRequest.model_validate(document)
-        except json.JSONDecodeError as err:
-            raise _invalid(["body"], f"not valid JSON: {err}") from err
+        try:  # UTF-8 JSON parsed by pydantic-core: bad bytes, deep nesting and huge numbers are 422, not 500
+            request = CohortRequest.model_validate_json(raw)
         except ValidationError as err:
             errors = json.loads(err.json(include_url=False, include_context=False, include_input=False))
             raise HTTPException(422, detail=[{**e, "loc": ["body", *e["loc"]]} for e in errors]) from err
+        if request.subjects is not None and (twins := duplicate_subject(request.subjects)) is not None:
+            earlier, later = twins
+            raise _invalid(
+                ["body", "subjects", later, "seed"],
+                f"subject {later} repeats subject {earlier} (same seed and covariates: the same brain twice); "
+                "change or drop its seed",
+            )
         completed, specs, entry = self.design(request)
         cohort_id = uuid.uuid4().hex
         if idempotency_key is not None:
-            if not 1 <= len(idempotency_key) <= 255:
-                raise _invalid(["header", "Idempotency-Key"], "must be 1-255 characters")
-            body_hash = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+            if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
+                raise _invalid(["header", "Idempotency-Key"], "must be 1-255 printable characters")
+            body_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
             binding = self.state.claim_idempotency_key(tenant, idempotency_key, body_hash, cohort_id)
             if binding["cohort_id"] != cohort_id:
                 if binding["hash"] != body_hash:
@@ -172,8 +265,10 @@ class Service:
                         "this key was used with a different request body: use a new key for a new request",
                     )
                 return self._await_record(tenant, binding["cohort_id"]), False
+        reserved = False
         try:
-            if self.state.active_count(tenant) >= self.settings.max_active_cohorts_per_tenant:
+            reserved = self.state.reserve_active(tenant, cohort_id, self.settings.max_active_cohorts_per_tenant)
+            if not reserved:
                 raise HTTPException(
                     429,
                     detail=f"tenant {tenant} has {self.settings.max_active_cohorts_per_tenant} cohorts queued or "
@@ -207,8 +302,10 @@ class Service:
                 subjects=jobs,
                 subjects_per_task=self.settings.subjects_per_task,
             )
-            record = register_cohort(self.state, self.store, stored)
+            record = register_cohort(self.state, self.store, stored, idempotency_key)
         except BaseException:
+            if reserved:
+                self.state.release_active(tenant, cohort_id)
             if idempotency_key is not None:
                 self.state.release_idempotency_key(tenant, idempotency_key, cohort_id)
             raise
@@ -222,7 +319,7 @@ class Service:
             if done is None or any(job.participant_id not in done for job in subjects):
                 self.celery.send_task(GENERATE_SUBJECTS, args=[SubjectBatch(subjects=subjects).model_dump()])
 
-    def _await_record(self, tenant: str, cohort_id: str, timeout: float = 10.0) -> CohortRecord:
+    def _await_record(self, tenant: str, cohort_id: str, timeout: float = 5.0) -> CohortRecord:
         """The cohort a concurrent request with the same Idempotency-Key is creating."""
         deadline = time.monotonic() + timeout
         while True:
@@ -239,6 +336,10 @@ class Service:
         if not cohort_id.isalnum() or len(cohort_id) > 64:
             raise HTTPException(404, f"cohort {cohort_id} not found")
         record = self.state.get(cohort_id)
+        if record is not None and record.tenant != tenant:
+            # the same storage lookup a miss makes, so timing cannot tell another tenant's id from a random one
+            self.store.exists(cohort_json_key(tenant, cohort_id))
+            raise HTTPException(404, f"cohort {cohort_id} not found")
         if record is None:
             record = recover_cohort(self.state, self.store, tenant, cohort_id)
             if record is not None and record.status not in FINAL:
@@ -322,32 +423,10 @@ class Service:
     def delete(self, record: CohortRecord) -> None:
         if record.status not in FINAL:
             raise HTTPException(409, f"cohort {record.id} is {record.status.value}: cancel it before deleting it")
-        _, settled = self.state.progress(record.id)
-        if settled < record.total:
-            raise HTTPException(
-                409,
-                f"cohort {record.id} still has {record.total - settled} subjects in workers' hands: retry shortly",
-                headers={"Retry-After": "10"},
-            )
-        self.store.delete_prefix(cohort_prefix(record.tenant, record.id))
+        # The record goes first: a task still holding one of its subjects stops at its next heartbeat and
+        # removes whatever it wrote after this (worker.tasks); queued tasks find no cohort and do not run.
         self.state.delete(record)
-
-    def readiness(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {}
-        try:
-            checks["redis"] = bool(self.state.redis.ping())
-        except Exception as err:  # reported, not raised: readiness lists every failing part
-            checks["redis"] = f"unreachable: {err}"
-        try:
-            checks["storage"] = bool(self.store.client.bucket_exists(self.store.bucket)) or "bucket missing"
-        except Exception as err:
-            checks["storage"] = f"unreachable: {err}"
-        try:
-            replies = self.celery.control.ping(timeout=1.0)
-            checks["workers"] = len(replies) if replies else "no worker answered"
-        except Exception as err:
-            checks["workers"] = f"unreachable: {err}"
-        return checks
+        self.store.delete_prefix(cohort_prefix(record.tenant, record.id))
 
 
 def _model_summary(entry: ModelEntry) -> dict[str, Any]:
@@ -380,9 +459,12 @@ def _page_token(created_at: float, cohort_id: str) -> str:
 
 def _read_page_token(token: str) -> float:
     try:
-        return float(base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)[0])
-    except (ValueError, UnicodeDecodeError) as err:
+        value = float(base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)[0])
+    except (ValueError, UnicodeDecodeError, binascii.Error) as err:
         raise _invalid(["query", "page_token"], "not a page token from this API") from err
+    if not math.isfinite(value):
+        raise _invalid(["query", "page_token"], "not a page token from this API")
+    return value
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -413,6 +495,79 @@ def _tenant_of(request: Request, credentials: Annotated[HTTPAuthorizationCredent
 
 Tenant = Annotated[str, Depends(_tenant_of)]
 
+#: Sent with every response: the API serves JSON and downloads, never pages to frame or scripts to run.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` (and ``Cache-Control: no-store`` where a route set
+    none) to every HTTP response, streaming ones included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                if b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+#: Documented answers besides the success one (every error body is ``{"detail": ...}``).
+_ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {**_ERROR, "description": "missing or unknown API key"},
+    404: {**_ERROR, "description": "no such cohort for this tenant"},
+    503: {**_ERROR, "description": "Redis or object storage is unavailable: retry after Retry-After seconds"},
+}
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: ERROR_RESPONSES[401],
+    413: {**_ERROR, "description": "request body over the server's limit"},
+    415: {**_ERROR, "description": "body is not application/json"},
+    422: {"description": "invalid request: each error's loc names the field"},
+    429: {**_ERROR, "description": "too many of the tenant's cohorts are queued or running"},
+    503: ERROR_RESPONSES[503],
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with ``POST /v1/cohorts``'s request body (the route reads the raw body itself,
+    to bound its size and parse it strictly, so FastAPI cannot see it)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = CohortRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components["CohortRequest"] = schema
+        components["Error"] = {
+            "type": "object",
+            "properties": {"detail": {"type": "string"}},
+            "required": ["detail"],
+        }
+        document["paths"]["/v1/cohorts"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CohortRequest"}}},
+        }
+        app.openapi_schema = document
+    return app.openapi_schema
+
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: read from the environment)."""
@@ -420,35 +575,66 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if not settings.api_keys:
         raise ValueError("no API keys configured: set BRAINSYNTH_API_KEYS (TENANT=KEY,...) or BRAINSYNTH_API_KEYS_FILE")
     service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        service.readiness.start()
+        yield
+        service.readiness.stop()
+
     app = FastAPI(
         title="BrainSynth",
         version="1",
         description="Synthetic brain MRI cohorts (Pinaya et al. 2022 latent diffusion). Research use only.",
+        lifespan=lifespan,
     )
     app.state.service = service
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    # Cross-origin browser calls only from the origins an operator lists (none by default: the API is
+    # same-origin); a preflight from any other origin is answered 400.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["Location", "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(BrainSynthError)
     async def _domain_error(_request: Request, err: BrainSynthError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
 
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(_request: Request, err: redis.RedisError) -> JSONResponse:
+        log.warning("Redis unavailable: %s", err)
+        detail = "the job store (Redis) is unavailable: retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(_request: Request, err: StorageError) -> JSONResponse:
+        log.warning("object storage unavailable: %s", err)
+        detail = "object storage is unavailable: retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Alive (no dependencies checked)."""
+    async def healthz() -> dict[str, str]:
+        """Alive (no dependencies checked; answered on the event loop, never queued behind other work)."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    def readyz() -> JSONResponse:
-        """Ready: Redis, object storage and at least one worker answer."""
-        checks = service.readiness()
-        ready = checks["redis"] is True and checks["storage"] is True and isinstance(checks["workers"], int)
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    async def readyz() -> JSONResponse:
+        """Ready: Redis and object storage answer and a worker beat in the last 10 s (probed each second)."""
+        checks = service.readiness.snapshot()
+        return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
 
     @app.get("/v1/models", tags=["models"])
     def models(_tenant: Tenant) -> dict[str, list[dict[str, Any]]]:
         """Models on this server with their conditioning ranges (physical units)."""
         return {"models": [_model_summary(entry) for entry in list_models(check_networks=False)]}
 
-    @app.post("/v1/cohorts", status_code=202, response_model=CohortStatus, tags=["cohorts"])
+    @app.post("/v1/cohorts", status_code=202, response_model=CohortStatus, tags=["cohorts"], responses=SUBMIT_RESPONSES)
     async def submit(
         request: Request,
         response: Response,
@@ -456,6 +642,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> CohortStatus:
         """Queue a cohort (body: CohortRequest). 202 with Location; 422 names the invalid field."""
+        media_type, _, parameters = (request.headers.get("content-type") or "").partition(";")
+        charset = parameters.strip().lower().removeprefix("charset=").strip('"') if parameters.strip() else "utf-8"
+        if media_type.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+            raise HTTPException(415, "send the cohort request as JSON with Content-Type: application/json (UTF-8)")
         raw = await _read_body(request, settings.max_body_bytes)
         record, _created = await run_in_threadpool(service.submit, tenant, raw, idempotency_key)
         response.headers["Location"] = f"/v1/cohorts/{record.id}"

@@ -40,8 +40,13 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     up.add_argument("--data-dir", type=Path, default=Path("brainsynth-data"), help="Redis, S3 data and logs")
     up.add_argument(
+        "--api-key-file", type=Path, metavar="FILE",
+        help="tenants' API keys, one TENANT=KEY per line (or JSON); keeps keys out of `ps` (preferred)",
+    )  # fmt: skip
+    up.add_argument(
         "--api-key", type=_tenant_key, action="append", default=[], metavar="TENANT=KEY",
-        help="a tenant and its API key (repeatable; default: one tenant 'local' with a key printed at start)",
+        help="a tenant and its API key (repeatable; visible to local users in `ps`: prefer --api-key-file; "
+        "default: one tenant 'local' with a key printed at start)",
     )  # fmt: skip
     up.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU (default 1)")
 
@@ -102,7 +107,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    keys = dict(args.api_key) or {"local": secrets.token_urlsafe(18)}
+    given = dict(args.api_key)
+    if args.api_key_file is not None:
+        from service.settings import parse_api_keys
+
+        try:
+            given = {**parse_api_keys(args.api_key_file.read_text()), **given}
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--api-key-file {args.api_key_file}: {err}") from err
+        if not given:
+            raise UsageError(f"--api-key-file {args.api_key_file} lists no TENANT=KEY lines")
+    keys = given or {"local": secrets.token_urlsafe(18)}
     stack = LocalStack(args.data_dir.resolve(), keys, host=args.host, port=args.port, workers=args.workers)
     print(f"starting BrainSynth in {stack.data_dir} ...", file=sys.stderr)
 
@@ -114,7 +129,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack.start()
         print(f"BrainSynth API at {stack.url} (docs: {stack.url}/docs); logs in {stack.logs}")
         for tenant, key in keys.items():
-            shown = key if not args.api_key else "(as given)"
+            shown = key if not given else "(as given)"
             print(f"  tenant {tenant}: BRAINSYNTH_API_KEY={shown}")
         print(f"  {args.workers} worker(s); Ctrl-C stops everything", flush=True)
         while True:

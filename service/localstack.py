@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 
 class ServerError(RuntimeError):
@@ -101,40 +102,74 @@ class LocalServer:
 @dataclass
 class RedisServer(LocalServer):
     port: int = 0
+    password: str = field(default="", repr=False)
+    run_dir: Path = Path()
+    appendonly: bool = True
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def ping(self) -> bool:
+        request = b"PING\r\n"
+        if self.password:
+            secret = self.password.encode()
+            request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret) + request
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+                conn.sendall(request)
+                reply = b""
+                while b"PONG" not in reply and b"-" not in reply and len(reply) < 256:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        break
+                    reply += chunk
+                return b"+PONG" in reply
         except OSError:
             return False
 
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start it again on the same port with the same data (AOF) and password."""
+        self.stop()
+        again = start_redis(self.run_dir, self.port, password=self.password, appendonly=self.appendonly,
+                            timeout=timeout)  # fmt: skip
+        self.process = again.process
+
 
 def start_redis(
-    run_dir: Path, port: int | None = None, *, appendonly: bool = True, timeout: float = 15.0
+    run_dir: Path,
+    port: int | None = None,
+    *,
+    password: str = "",
+    appendonly: bool = True,
+    timeout: float = 15.0,
 ) -> RedisServer:
-    """Start Redis on 127.0.0.1 with its data in ``run_dir`` (AOF on by default: jobs survive a restart)."""
+    """Start Redis on 127.0.0.1 with its data in ``run_dir`` (AOF on by default: jobs survive a restart).
+
+    With ``password``, clients must AUTH (``requirepass``); it is written to a 0600 config file, never put
+    on the command line, where every local user could read it in ``ps``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = run_dir / "redis.log"
-    command = [
-        redis_binary(),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(run_dir),
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--maxmemory-policy", "noeviction",
-        "--logfile", str(log),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    server = RedisServer("redis", process, log, port=port)
+    config = run_dir / "redis.conf"
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        f'dir "{run_dir}"',
+        'save ""',
+        f"appendonly {'yes' if appendonly else 'no'}",
+        "maxmemory-policy noeviction",
+        f'logfile "{log}"',
+    ]
+    if password:
+        lines.append(f'requirepass "{password}"')
+    config.write_text("\n".join(lines) + "\n")
+    config.chmod(0o600)
+    process = subprocess.Popen([redis_binary(), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    server = RedisServer("redis", process, log, port=port, password=password, run_dir=run_dir, appendonly=appendonly)
     _wait(server.ping, f"redis-server on port {port}", process, log, timeout)
     return server
 
@@ -149,6 +184,13 @@ class S3Server(LocalServer):
     port_base: int = 0
     access_key: str = ""
     secret_key: str = field(default="", repr=False)
+    run_dir: Path = Path()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start it again on the same ports with the same data and credentials."""
+        self.stop()
+        again = start_s3(self.run_dir, self.access_key, self.secret_key, port_base=self.port_base, timeout=timeout)
+        self.process = again.process
 
     @property
     def endpoint(self) -> str:
@@ -183,6 +225,8 @@ def start_s3(
     """Start SeaweedFS ``weed mini`` (master, volume, filer and S3 gateway) on 127.0.0.1 with credentials.
 
     ``port_base`` (default: a free range) with the same ``run_dir`` restarts a stopped server with its data.
+    ``-disableHttp`` closes the filer's and volume server's HTTP data paths (they bypass the S3 credentials);
+    the components talk over gRPC, and only the S3 gateway, which checks signatures, serves objects.
     """
     if not access_key or not secret_key:
         raise ServerError("S3 credentials are required (SeaweedFS without them accepts anonymous writes)")
@@ -197,12 +241,14 @@ def start_s3(
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
         f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}",
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        "-disableHttp",
     ]  # fmt: skip
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    with open(log, "wb") as sink:
+    with open(log, "ab") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=run_dir)
     server = S3Server(
-        "seaweedfs", process, log, port=ports["s3"], port_base=base, access_key=access_key, secret_key=secret_key
-    )
+        "seaweedfs", process, log, port=ports["s3"], port_base=base, access_key=access_key, secret_key=secret_key,
+        run_dir=run_dir,
+    )  # fmt: skip
     _wait(server.answers, f"SeaweedFS S3 on port {ports['s3']}", process, log, timeout)
     return server

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.design import SEED_MASK
 
-_STRICT = ConfigDict(extra="forbid")
+#: Unknown fields refused; no coercion: "3", 3.0 or true are not an integer, "yes" is not a boolean.
+_STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class CovariateSpec(BaseModel):
@@ -104,6 +106,15 @@ class CohortRequest(BaseModel):
     dtype: Literal["float32", "uint8"] = "float32"
     extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
 
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, name: str | None) -> str | None:
+        if name is not None:
+            for char in name:
+                if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+                    raise ValueError(f"must not contain control or invisible characters (found U+{ord(char):04X})")
+        return name
+
     @model_validator(mode="after")
     def _one_form(self) -> CohortRequest:
         if self.subjects is None:
@@ -117,6 +128,20 @@ class CohortRequest(BaseModel):
                     f"n_subjects ({self.n_subjects}) differs from the subjects listed ({len(self.subjects)})"
                 )
         return self
+
+
+def duplicate_subject(subjects: list[SubjectIn]) -> tuple[int, int] | None:
+    """(earlier index, later index) of two listed subjects with the same seed and covariates (the same
+    brain twice), else ``None``. Subjects without a seed get distinct derived seeds and never collide."""
+    seen: dict[tuple, int] = {}
+    for index, subject in enumerate(subjects):
+        if subject.seed is None:
+            continue
+        key = (subject.seed, subject.sex, subject.age, subject.ventricular_volume_mm3, subject.brain_volume_mm3)
+        if key in seen:
+            return seen[key], index
+        seen[key] = index
+    return None
 
 
 class Progress(BaseModel):

@@ -46,6 +46,10 @@ class ServiceSettings(WorkerSettings):
     page_size_max: int = Field(100, ge=1)
     #: Subjects sampled together by a worker (one UNet batch per task); part of how a subject's bytes are made.
     subjects_per_task: int = Field(4, ge=1, le=16)
+    #: A request retries object storage this long, then answers 503 (workers retry ``storage_retry_s``).
+    request_storage_retry_s: float = Field(5.0, ge=0.5)
+    #: Origins whose browser pages may call the API (``BRAINSYNTH_CORS_ORIGINS``, JSON list); none by default.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

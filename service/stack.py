@@ -1,8 +1,9 @@
 """The whole stack as local processes (``brainsynth up``, the demo and the end-to-end tests).
 
-Redis (AOF) and SeaweedFS from :mod:`service.localstack`, N Celery workers (``--pool=solo``, one process
-each, as on GPUs) and the API under uvicorn. Data lives in one directory, so a restarted stack finds its
-cohorts again. A worker or API process that dies is restarted by :meth:`LocalStack.supervise`.
+Redis (AOF, password) and SeaweedFS from :mod:`service.localstack`, N Celery workers (``--pool=solo``, one
+process each, as on GPUs) and the API under uvicorn. Data lives in one directory, so a restarted stack finds
+its cohorts again. Any child that dies, Redis and SeaweedFS included, is restarted with its data by
+:meth:`LocalStack.supervise_once`; the API and workers ride through the gap with their retries.
 """
 
 from __future__ import annotations
@@ -59,14 +60,17 @@ class LocalStack:
     def logs(self) -> Path:
         return self.data_dir / "logs"
 
-    def _credentials(self) -> tuple[str, str]:
-        """S3 credentials of this data directory, made once and kept (0600) so its data stays readable."""
+    def _credentials(self) -> dict[str, str]:
+        """S3 credentials and the Redis password of this data directory, made once and kept (0600)."""
         path = self.data_dir / "s3-credentials.json"
-        if not path.exists():
-            path.write_text(json.dumps({"access_key": "brainsynth", "secret_key": secrets.token_urlsafe(24)}))
-            path.chmod(0o600)
-        saved = json.loads(path.read_text())
-        return saved["access_key"], saved["secret_key"]
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {"access_key": "brainsynth", "secret_key": secrets.token_urlsafe(24),
+                  "redis_password": secrets.token_urlsafe(24)}  # fmt: skip
+        if not wanted.keys() <= saved.keys():
+            saved = {**wanted, **saved}
+            path.write_text(json.dumps(saved))
+        path.chmod(0o600)
+        return saved
 
     def env(self) -> dict[str, str]:
         """Environment of workers and the API."""
@@ -86,9 +90,11 @@ class LocalStack:
         """Redis and SeaweedFS (again on the same ports and data when given them)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        access, secret = self._credentials()
-        self.redis = start_redis(self.data_dir / "redis", port=redis_port)
-        self.s3 = start_s3(self.data_dir / "s3", access, secret, port_base=s3_port_base)
+        credentials = self._credentials()
+        self.redis = start_redis(self.data_dir / "redis", port=redis_port, password=credentials["redis_password"])
+        self.s3 = start_s3(
+            self.data_dir / "s3", credentials["access_key"], credentials["secret_key"], port_base=s3_port_base
+        )
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
@@ -140,11 +146,14 @@ class LocalStack:
         self.wait_until_ready()
 
     def supervise_once(self) -> list[str]:
-        """Restart a worker or the API that exited; returns what was restarted. Raises if a server died."""
+        """Restart any child that exited (Redis and SeaweedFS on their ports with their data, workers, the
+        API); returns what was restarted. Raises only if a server cannot be started again."""
         restarted = []
         for name, server in (("Redis", self.redis), ("SeaweedFS", self.s3)):
             if server is not None and server.process.poll() is not None:
-                raise ServerError(f"{name} exited (code {server.process.returncode}); see {server.log}")
+                code = server.process.returncode
+                server.restart()
+                restarted.append(f"{name} (exit code {code})")
         for index, process in enumerate(self.worker_processes):
             if process.poll() is not None:
                 self.start_worker(index)
@@ -160,7 +169,8 @@ class LocalStack:
         if self.api_process is not None:
             _stop_process(self.api_process)
         for process in self.worker_processes:
-            _stop_process(process, timeout=60)
+            # a task still running is killed after 10 s: it is not acknowledged, so it runs again on restart
+            _stop_process(process, timeout=10)
         for server in (self.s3, self.redis):
             if server is not None:
                 server.stop()

@@ -30,8 +30,12 @@ class WorkerSettings(BaseSettings):
     decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
     #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
     writer_threads: int = Field(2, ge=1, le=32)
-    #: Must exceed the longest task: a task still running after it is delivered again (Celery on Redis).
-    visibility_timeout_s: int = Field(3600, ge=10)
+    #: A killed worker's task is delivered again this long after its last heartbeat; a live worker renews it
+    #: every ``heartbeat_s`` for its running task, so tasks of any length are never run twice at once.
+    visibility_timeout_s: int = Field(30, ge=5)
+    heartbeat_s: float = Field(1.0, gt=0, le=10)
+    #: How long a worker retries object storage (backoff to 2 s) before it fails the cohort, naming the outage.
+    storage_retry_s: float = Field(120.0, ge=1)
     task_time_limit_s: int = Field(1800, ge=10)
     #: Deliveries of one subject before it is failed for good (a poison task ends, it does not loop).
     max_attempts: int = Field(3, ge=1)
@@ -39,6 +43,11 @@ class WorkerSettings(BaseSettings):
     @model_validator(mode="after")
     def _valid_execution(self) -> WorkerSettings:
         self.execution()
+        if self.heartbeat_s * 3 > self.visibility_timeout_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be at most a third of visibility_timeout_s "
+                f"({self.visibility_timeout_s}): a live worker's task would be delivered again"
+            )
         return self
 
     def execution(self) -> Execution:

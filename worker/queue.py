@@ -2,7 +2,8 @@
 
 Redelivery that works on Redis (see ../shared/reference/infra.md): late acks, requeue when a worker dies,
 prefetch 1, and kombu's unacked-restore sweep every 2 s, so a task of a killed worker comes back after the
-visibility timeout instead of after ~100 s. Tasks are a few subjects each, far shorter than the timeout.
+visibility timeout (30 s) instead of after ~100 s. A live worker's heartbeat renews its running message's
+delivery time (:mod:`worker.liveness`), so a task longer than the timeout is never delivered twice at once.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from models.cohort import subject_files
 from models.conditioning import Covariates
 from models.config import ModelConfig
 from models.design import SubjectSpec
-from models.pipeline import BrainLDMPipeline, SubjectSample
+from models.errors import GenerationStopped
+from models.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
 from worker.state import MANIFEST, StoredCohort, bids_prefix, cohort_json_key
 from worker.storage import ObjectStore
@@ -40,9 +41,13 @@ def generate_subjects(
     store: ObjectStore,
     pipeline_for: Callable[[str], BrainLDMPipeline],
     writer_threads: int = 1,
+    should_stop: StopCheck | None = None,
 ) -> list[SubjectResult]:
     """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing,
     ``writer_threads`` subjects at a time in the background while later subjects decode.
+
+    When ``should_stop`` answers true (the cohort was canceled), sampling stops within one network block:
+    subjects already decoded are still written, the rest come back as ``not_run``.
 
     A redelivered batch is sampled whole again, so the subjects it still has to store get the same bytes
     as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
@@ -79,13 +84,21 @@ def generate_subjects(
             num_inference_steps=first.steps,
             batch_size=len(batch.subjects),
             extrapolate=first.extrapolate,
+            should_stop=should_stop,
         )
+        for job in missing:
+            results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "not_run"})
         # Subject i is encoded and uploaded while subject i + 1 is decoded; all are written before returning.
         with BackgroundWriter(store_subject, threads=writer_threads) as writer:
-            for job, sample in zip(batch.subjects, samples, strict=True):
-                if job in missing:
-                    writer.submit((job, sample))
-                    results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
+            try:
+                for job, sample in zip(batch.subjects, samples, strict=True):
+                    if job in missing:
+                        writer.submit((job, sample))
+                        results[job.participant_id] = results[job.participant_id].model_copy(
+                            update={"outcome": "stored"}
+                        )
+            except GenerationStopped:
+                pass  # the subjects submitted so far are written when the writer closes; the rest are not run
     return [results[job.participant_id] for job in batch.subjects]
 
 

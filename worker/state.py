@@ -5,9 +5,11 @@ Redis (AOF in production) holds each cohort's record and per-subject progress::
     brainsynth:cohort:{id}            hash  tenant, model, status, created_at, updated_at, total, error, request
     brainsynth:cohort:{id}:done       set   participant ids whose files are stored
     brainsynth:cohort:{id}:settled    set   participant ids that will not run again (stored, skipped, failed)
+    brainsynth:cohort:{id}:attempts   hash  deliveries of each task, by its first participant id
     brainsynth:tenant:{t}:cohorts     zset  cohort ids by creation time
     brainsynth:tenant:{t}:active      set   cohort ids not yet final (the per-tenant limit)
     brainsynth:idempotency:{t}:{key}  str   {"hash", "cohort_id"} of a POST with an Idempotency-Key
+    brainsynth:workers                zset  worker name -> time of its last heartbeat (worker.liveness)
 
 Object storage keeps what is needed to rebuild all of it (:func:`recover_cohort`): ``cohort.json`` (the
 request and every subject job, written before anything is queued), each subject's sidecar (written last
@@ -32,6 +34,8 @@ from worker.contract import SubjectJob
 from worker.storage import ObjectStore, cohort_prefix
 
 PREFIX = "brainsynth"
+#: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).
+WORKERS_KEY = f"{PREFIX}:workers"
 
 
 class Status(StrEnum):
@@ -115,11 +119,21 @@ return false
 """
 
 
-def connect(url: str) -> redis.Redis:
-    """A Redis client that rides out a restart (retries connection errors for ~30 s)."""
+# Add ARGV[1] to the tenant's active set (KEYS[1]) unless it already holds ARGV[2] cohorts: the per-tenant
+# limit checked and taken in one step, so concurrent submissions cannot all pass the check.
+_RESERVE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def connect(url: str, retries: int = 20) -> redis.Redis:
+    """A Redis client that rides out a restart (20 retries: ~30 s; the API uses fewer and answers 503)."""
     return redis.Redis.from_url(
         url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 20),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=2,
         socket_timeout=10,
@@ -132,14 +146,17 @@ class CohortState:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._transition = client.register_script(_TRANSITION)
+        self._reserve = client.register_script(_RESERVE)
 
     def _tenant(self, tenant: str, what: str) -> str:
         return f"{PREFIX}:tenant:{tenant}:{what}"
 
-    def create(self, record: CohortRecord) -> None:
+    def create(self, record: CohortRecord, idempotency_key: str | None = None) -> None:
         key = cohort_key(record.id)
         fields = record.model_dump(mode="json", exclude_none=True)
         fields["request"] = json.dumps(record.request, sort_keys=True)
+        if idempotency_key is not None:
+            fields["idempotency_key"] = idempotency_key
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping=fields)
             pipe.zadd(self._tenant(record.tenant, "cohorts"), {record.id: record.created_at})
@@ -152,6 +169,7 @@ class CohortState:
         if not raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields.pop("idempotency_key", None)
         fields["request"] = json.loads(fields["request"])
         return CohortRecord.model_validate(fields)
 
@@ -173,6 +191,14 @@ class CohortState:
             pipe.sadd(key, participant)
             pipe.scard(key)
             return int(pipe.execute()[1])
+
+    def count_attempt(self, cohort_id: str, participant: str) -> int:
+        """Record one more delivery of the task whose first subject is ``participant``; kept a week."""
+        key = f"{cohort_key(cohort_id)}:attempts"
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, participant, 1)
+            pipe.expire(key, 7 * 24 * 3600)
+            return int(pipe.execute()[0])
 
     def done(self, cohort_id: str) -> set[str]:
         return {m.decode() for m in self.redis.smembers(f"{cohort_key(cohort_id)}:done")}
@@ -200,10 +226,22 @@ class CohortState:
     def active_count(self, tenant: str) -> int:
         return int(self.redis.scard(self._tenant(tenant, "active")))
 
+    def reserve_active(self, tenant: str, cohort_id: str, limit: int) -> bool:
+        """Count ``cohort_id`` as one of ``tenant``'s active cohorts if fewer than ``limit`` are (atomic)."""
+        return bool(self._reserve(keys=[self._tenant(tenant, "active")], args=[cohort_id, limit]))
+
+    def release_active(self, tenant: str, cohort_id: str) -> None:
+        """Undo :meth:`reserve_active` (the cohort was never registered)."""
+        self.redis.srem(self._tenant(tenant, "active"), cohort_id)
+
     def delete(self, record: CohortRecord) -> None:
+        """Forget the cohort, and the Idempotency-Key that created it (a new POST with it makes a new one)."""
         key = cohort_key(record.id)
+        idempotency_key = self.redis.hget(key, "idempotency_key")
+        if idempotency_key is not None:
+            self.release_idempotency_key(record.tenant, idempotency_key.decode(), record.id)
         with self.redis.pipeline() as pipe:
-            pipe.delete(key, f"{key}:done", f"{key}:settled")
+            pipe.delete(key, f"{key}:done", f"{key}:settled", f"{key}:attempts")
             pipe.zrem(self._tenant(record.tenant, "cohorts"), record.id)
             pipe.srem(self._tenant(record.tenant, "active"), record.id)
             pipe.execute()
@@ -273,8 +311,11 @@ def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
     return {job.participant_id for job in stored.subjects if prefix + sidecar_path(job.participant_id) in keys}
 
 
-def register_cohort(state: CohortState, store: ObjectStore, stored: StoredCohort) -> CohortRecord:
-    """Make a new cohort known: ``cohort.json`` in object storage first (durable), then the Redis record.
+def register_cohort(
+    state: CohortState, store: ObjectStore, stored: StoredCohort, idempotency_key: str | None = None
+) -> CohortRecord:
+    """Make a new cohort known: ``cohort.json`` in object storage first (durable), then the Redis record
+    (with the Idempotency-Key that created it, released when the cohort is deleted).
 
     The caller queues the subject jobs afterwards.
     """
@@ -289,5 +330,5 @@ def register_cohort(state: CohortState, store: ObjectStore, stored: StoredCohort
         total=len(stored.subjects),
         request=stored.request,
     )
-    state.create(record)
+    state.create(record, idempotency_key)
     return record

@@ -8,10 +8,12 @@ which writes the manifest last.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from functools import lru_cache
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 
 from models.config import read_model_config
 from models.errors import BrainSynthError
@@ -20,9 +22,10 @@ from worker.celery_app import app
 from worker.config import get_settings
 from worker.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
 from worker.gpu import pipeline_for
+from worker.liveness import Heartbeat
 from worker.runner import finalize_cohort, generate_subjects
 from worker.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
-from worker.storage import ObjectStore
+from worker.storage import ObjectStore, StorageError, cohort_prefix
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +44,30 @@ def object_store() -> ObjectStore:
         settings.s3_bucket,
         secure=settings.s3_secure,
         public_endpoint=settings.s3_public_endpoint,
+        retry_seconds=settings.storage_retry_s,
     )
     store.ensure_bucket()
     return store
+
+
+@lru_cache
+def heartbeat() -> Heartbeat:
+    """This worker process's heartbeat thread, started on first use (at worker start-up)."""
+    settings = get_settings()
+    beat = Heartbeat(settings.broker_url, f"{socket.gethostname()}:{os.getpid()}", settings.heartbeat_s)
+    beat.start()
+    return beat
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(**_: object) -> None:
+    heartbeat()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    if heartbeat.cache_info().currsize:
+        heartbeat().close()
 
 
 @lru_cache
@@ -51,14 +75,11 @@ def cohort_state() -> CohortState:
     return CohortState(connect(get_settings().broker_url))
 
 
-def count_attempt(batch: SubjectBatch) -> int:
-    """Record one more delivery of ``batch`` (keyed by its first subject); the count lives a week."""
-    first = batch.subjects[0]
-    key = f"brainsynth:attempts:{first.tenant}:{first.cohort_id}:{first.participant_id}"
-    client = cohort_state().redis
-    attempts = int(client.incr(key))
-    client.expire(key, 7 * 24 * 3600)
-    return attempts
+def _delivery_tag(task: Task) -> str | None:
+    """The broker's tag of the message being run (kombu's Redis transport keys its unacked index by it)."""
+    properties = getattr(task.request, "properties", None) or {}
+    tag = properties.get("delivery_tag")
+    return str(tag) if tag else None
 
 
 def _settle(record: CohortRecord, participants: list[str]) -> None:
@@ -75,7 +96,10 @@ def _fail(record: CohortRecord, participants: list[str], reason: str) -> None:
     state = cohort_state()
     error = f"{', '.join(participants)}: {reason}"
     if state.transition(record, Status.FAILED, allowed_from={Status.QUEUED, Status.RUNNING}, error=error):
-        write_final_state(object_store(), state.get(record.id) or record)
+        try:
+            write_final_state(object_store(), state.get(record.id) or record)
+        except StorageError as err:  # Redis holds the outcome; the durable copy waits for storage
+            log.warning("cohort %s failed, but its state.json could not be written: %s", record.id, err)
     _settle(record, participants)
 
 
@@ -94,20 +118,31 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     if record.status in FINAL:  # canceled, or failed by another subject: queued subjects are not run
         _settle(record, participants)
         return not_run
-    attempts = count_attempt(batch)
+    attempts = state.count_attempt(first.cohort_id, first.participant_id)
     limit = get_settings().max_attempts
     if attempts > limit:
         reason = f"delivered {attempts} times (limit {limit}): it keeps stopping its worker; giving up on it"
         _fail(record, participants, reason)
         raise PoisonTaskError(f"{', '.join(participants)} of cohort {first.cohort_id} was {reason}")
     state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
+    beat = heartbeat()
+    stop = beat.begin(first.cohort_id, _delivery_tag(self))
     try:
-        results = generate_subjects(batch, store, pipeline_for, get_settings().writer_threads)
+        results = generate_subjects(batch, store, pipeline_for, get_settings().writer_threads, stop.is_set)
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
         _fail(record, participants, str(err))
         raise
-    for participant in participants:
-        state.mark_done(record.id, participant)
+    except StorageError as err:  # storage stayed down past the retry budget: fail the cohort, naming why
+        _fail(record, participants, f"object storage failed: {err}")
+        raise
+    finally:
+        beat.end()
+    for result in results:
+        if result.outcome != "not_run":
+            state.mark_done(record.id, result.participant_id)
+    if state.get(record.id) is None:  # deleted while this task ran: remove what it wrote after the delete
+        store.delete_prefix(cohort_prefix(first.tenant, first.cohort_id))
+        return [result.model_dump() for result in results]
     _settle(record, participants)
     return [result.model_dump() for result in results]
 

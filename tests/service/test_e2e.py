@@ -170,7 +170,8 @@ def test_every_bad_request_is_a_4xx_naming_the_field(stack: LocalStack, client: 
         assert response.status_code == 422, (body, response.text)
         locations = [item["loc"][1:] for item in response.json()["detail"]]
         assert any(loc[: len(field)] == field for loc in locations), (field, response.json())
-    assert client.http.post("/v1/cohorts", content=b"{not json").status_code == 422
+    json_type = {"Content-Type": "application/json"}
+    assert client.http.post("/v1/cohorts", content=b"{not json", headers=json_type).status_code == 422
     big = {"model": "tiny", "name": "x" * 30000, "n_subjects": 1}
     assert client.http.post("/v1/cohorts", json=big).status_code == 413
     assert len(client.list(page_size=100)["cohorts"]) == before  # nothing was queued

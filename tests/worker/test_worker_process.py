@@ -107,10 +107,16 @@ def _subject_keys(stack: dict, cohort: str) -> list[str]:
     return [k for k in stack["store"].list_keys(f"tenants/lab-a/cohorts/{cohort}/bids/") if "/sub-" in k]
 
 
-def _wait_until_started(broker: redis.Redis, attempts_key: str) -> None:
+def _attempts(broker: redis.Redis, cohort: str, participant: str) -> int | None:
+    """Deliveries of the task whose first subject is ``participant`` (counted first thing in the task)."""
+    raw = broker.hget(f"brainsynth:cohort:{cohort}:attempts", participant)
+    return None if raw is None else int(raw)
+
+
+def _wait_until_started(broker: redis.Redis, cohort: str, participant: str) -> None:
     """A task has started once it counted its attempt (its first action)."""
     deadline = time.monotonic() + 60
-    while broker.get(attempts_key) is None and time.monotonic() < deadline:
+    while _attempts(broker, cohort, participant) is None and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -135,12 +141,11 @@ def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
 def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     ((payload, expected),) = _jobs("c-killed", 1, 30, stack["model"])
     _register(stack, "c-killed", [payload])
-    attempts_key = f"brainsynth:attempts:lab-a:c-killed:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
     result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
-    _wait_until_started(broker, attempts_key)
-    assert broker.get(attempts_key) == b"1", "the task never started"
+    _wait_until_started(broker, "c-killed", payload["participant_id"])
+    assert _attempts(broker, "c-killed", payload["participant_id"]) == 1, "the task never started"
     first.send_signal(signal.SIGKILL)  # mid-task: killed right after the attempt was counted
     first.wait(10)
     assert not stack["store"].exists(
@@ -151,7 +156,7 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     try:
         (output,) = result.get(timeout=VISIBILITY_TIMEOUT + 300)
         assert output["outcome"] == "stored"
-        assert broker.get(attempts_key) == b"2"
+        assert _attempts(broker, "c-killed", payload["participant_id"]) == 2
         assert stack["store"].get_bytes(output["image_key"]) == expected
         assert stack["store"].exists(result_key)
         assert len(_subject_keys(stack, "c-killed")) == 2
@@ -162,12 +167,11 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
 def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: dict) -> None:
     ((payload, _),) = _jobs("c-poison", 1, 30, stack["model"])
     _register(stack, "c-poison", [payload])
-    attempts_key = f"brainsynth:attempts:lab-a:c-poison:{payload['participant_id']}"
     broker = redis.Redis.from_url(stack["redis"].url)
     env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
     first = _start_worker(env, stack["run"] / "worker-d.log")
     result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
-    _wait_until_started(broker, attempts_key)
+    _wait_until_started(broker, "c-poison", payload["participant_id"])
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     second = _start_worker(env, stack["run"] / "worker-e.log")
@@ -182,3 +186,68 @@ def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: 
         assert record.error is not None and payload["participant_id"] in record.error
     finally:
         _stop(second)
+
+
+def _long_batch(stack: dict, cohort: str, n: int) -> list[dict]:
+    """``n`` subjects sampled together with DDPM's 1000 steps (8 take ~20 s on this CPU)."""
+    config = BrainLDMPipeline.from_dir(stack["model"]).config
+    payloads = []
+    for spec in design_subjects(CohortDesign(n, seed=5), config.conditioning):
+        c = spec.covariates
+        payloads.append({"tenant": "lab-a", "cohort_id": cohort, "model": "tiny",
+                         "participant_id": spec.participant_id, "sex": c.sex, "age": c.age,
+                         "ventricular_volume_mm3": c.ventricular_volume_mm3, "brain_volume_mm3": c.brain_volume_mm3,
+                         "seed": spec.seed, "sampler": "ddpm", "steps": 1000})  # fmt: skip
+    _register(stack, cohort, payloads)
+    return payloads
+
+
+def test_a_task_longer_than_the_visibility_timeout_is_delivered_once(stack: dict) -> None:
+    """The heartbeat renews the running message's delivery time, so kombu never hands it out again."""
+    batch = _long_batch(stack, "c-long", 8)
+    payload = batch[0]
+    env = {**stack["env"], "BRAINSYNTH_VISIBILITY_TIMEOUT_S": "5"}  # the task runs > 3x the timeout
+    broker = redis.Redis.from_url(stack["redis"].url)
+    workers = [_start_worker(env, stack["run"] / f"worker-long-{i}.log") for i in range(2)]
+    try:
+        started = time.monotonic()
+        result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": batch}])
+        outputs = result.get(timeout=300)
+        assert time.monotonic() - started > 12, "the task must outlast the 5 s visibility timeout twice over"
+        assert [o["outcome"] for o in outputs] == ["stored"] * 8
+        time.sleep(7)  # past one more timeout: a stale unacked entry would be restored now
+        assert _attempts(broker, "c-long", payload["participant_id"]) == 1  # never run twice, at once or later
+        assert broker.hlen("unacked") == 0
+    finally:
+        for worker in workers:
+            _stop(worker)
+
+
+def test_with_shipped_settings_a_killed_workers_task_runs_again_within_60_s(stack: dict) -> None:
+    """The shipped visibility timeout (30 s, renewed by live workers): a SIGKILLed worker's task is back on a
+    live worker well within a minute."""
+    env = {k: v for k, v in stack["env"].items() if k != "BRAINSYNTH_VISIBILITY_TIMEOUT_S"}
+    (payload,) = _long_batch(stack, "c-shipped", 1)
+    broker = redis.Redis.from_url(stack["redis"].url)
+    client = Celery("shipped", broker=stack["redis"].url, backend=stack["redis"].url)  # kombu defaults as shipped
+    first = _start_worker(env, stack["run"] / "worker-shipped-a.log")
+    second = None
+    try:
+        result = client.send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
+        _wait_until_started(broker, "c-shipped", payload["participant_id"])
+        time.sleep(2)  # mid-task
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed = time.monotonic()
+        second = _start_worker(env, stack["run"] / "worker-shipped-b.log")
+        while _attempts(broker, "c-shipped", payload["participant_id"]) == 1 and time.monotonic() - killed < 90:
+            time.sleep(0.2)
+        back_after = time.monotonic() - killed
+        assert _attempts(broker, "c-shipped", payload["participant_id"]) == 2
+        assert back_after < 60, f"the task came back {back_after:.0f} s after its worker was killed"
+        (output,) = result.get(timeout=300)
+        assert output["outcome"] == "stored"
+    finally:
+        _stop(first)
+        if second is not None:
+            _stop(second)
