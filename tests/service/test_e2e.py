@@ -9,7 +9,6 @@ import json
 import signal
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,43 +17,9 @@ import numpy as np
 import pytest
 
 from service.client import BrainSynthClient, ClientError, verify_manifest
-from service.localstack import free_port
 from service.stack import LocalStack
-from tests.conftest import make_model_dir, tiny_config
-
-KEYS = {"lab-a": "key-a", "lab-b": "key-b", "lab-c": "key-c"}
-MAX_ACTIVE = 3
-#: A cohort long enough to disturb mid-way (2 tasks of 2 subjects, ~3 s each on this CPU).
-LONG = {"model": "tiny", "n_subjects": 4, "seed": 21, "sampler": {"name": "ddim", "steps": 120}}
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    run = tmp_path_factory.mktemp("e2e")
-    make_model_dir(run / "models" / "tiny")
-    local = LocalStack(
-        run / "data",
-        KEYS,
-        port=free_port(),
-        settings={
-            "BRAINSYNTH_MODELS_DIR": str(run / "models"),
-            "BRAINSYNTH_DEVICE": "cpu",
-            "BRAINSYNTH_VISIBILITY_TIMEOUT_S": "10",
-            "BRAINSYNTH_MAX_SUBJECTS_PER_COHORT": "50",
-            "BRAINSYNTH_MAX_ACTIVE_COHORTS_PER_TENANT": str(MAX_ACTIVE),
-            "BRAINSYNTH_MAX_BODY_BYTES": "20000",
-            "BRAINSYNTH_SUBJECTS_PER_TASK": "2",  # so a 4-subject cohort can be disturbed between its tasks
-        },
-    )
-    local.start()
-    yield local
-    local.stop()
-
-
-@pytest.fixture(scope="module")
-def client(stack: LocalStack) -> Iterator[BrainSynthClient]:
-    with BrainSynthClient(stack.url, KEYS["lab-a"]) as c:
-        yield c
+from tests.conftest import tiny_config
+from tests.service.conftest import KEYS, LONG, MAX_ACTIVE, wait_for
 
 
 def _niftis(client: BrainSynthClient, cohort_id: str) -> dict[str, bytes]:
@@ -64,15 +29,6 @@ def _niftis(client: BrainSynthClient, cohort_id: str) -> dict[str, bytes]:
         if subject["status"] == "stored":
             out[subject["participant_id"]] = httpx.get(subject["url"], timeout=30).raise_for_status().content
     return out
-
-
-def _wait_for(predicate, timeout: float = 120.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -217,11 +173,11 @@ def test_idempotency_key_returns_the_same_cohort(client: BrainSynthClient) -> No
 def test_cancel_keeps_finished_subjects_and_delete_removes_everything(stack: LocalStack) -> None:
     with BrainSynthClient(stack.url, KEYS["lab-c"]) as c:
         cohort = c.submit({**LONG, "n_subjects": 6, "seed": 99})
-        _wait_for(lambda: c.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+        wait_for(lambda: c.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
         canceled = c.cancel(cohort["id"])
         assert canceled["status"] == "canceled"
         assert c.cancel(cohort["id"])["status"] == "canceled"  # idempotent
-        _wait_for(lambda: c.http.get(f"/v1/cohorts/{cohort['id']}/archive").status_code == 200, what="finalisation")
+        wait_for(lambda: c.http.get(f"/v1/cohorts/{cohort['id']}/archive").status_code == 200, what="finalisation")
         done = c.status(cohort["id"])["progress"]["done"]
         assert 1 <= done < 6
         subjects = c.subjects(cohort["id"])
@@ -254,7 +210,7 @@ def test_a_worker_killed_mid_cohort_changes_nothing(
     stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
 ) -> None:
     cohort = client.submit(LONG)
-    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 2, what="the first task")
+    wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 2, what="the first task")
     worker = stack.worker_processes[0]
     worker.send_signal(signal.SIGKILL)  # mid-cohort, most likely mid-subject
     worker.wait(10)
@@ -269,7 +225,7 @@ def test_redis_restarted_mid_cohort_loses_nothing(
     stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
 ) -> None:
     cohort = client.submit(LONG)
-    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
     assert stack.redis is not None
     port, redis_dir = stack.redis.port, stack.data_dir / "redis"
     stack.redis.stop()
@@ -286,7 +242,7 @@ def test_storage_down_for_seconds_is_retried(
     stack: LocalStack, client: BrainSynthClient, reference: dict[str, bytes]
 ) -> None:
     cohort = client.submit(LONG)
-    _wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
+    wait_for(lambda: client.status(cohort["id"])["progress"]["done"] >= 1, what="a first subject")
     assert stack.s3 is not None
     s3 = stack.s3
     s3.stop()

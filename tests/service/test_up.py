@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from service.localstack import free_port
 
@@ -49,19 +52,63 @@ def _ready(url: str) -> bool:
         return False
 
 
-def test_up_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def _child(children: set[int], needle: bytes) -> int:
+    (pid,) = [p for p in children if needle in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+    return pid
+
+
+def _wait_ready(url: str, up: subprocess.Popen[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _ready(url) and time.monotonic() < deadline and up.poll() is None:
+        time.sleep(0.3)
+    return _ready(url)
+
+
+def _local_services_refuse_anonymous_access(data_dir: Path, children: set[int]) -> None:
+    """Redis wants its password; SeaweedFS serves objects only through the signed S3 gateway."""
+    import redis
+
+    redis_port = int(next(line for line in (data_dir / "redis" / "redis.conf").read_text().splitlines()
+                          if line.startswith("port ")).split()[1])  # fmt: skip
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=redis_port).ping()
+    weed = Path(f"/proc/{_child(children, b'weed')}/cmdline").read_bytes().decode().split("\0")
+    filer = int(next(a for a in weed if a.startswith("-filer.port=")).split("=")[1])
+    volume = int(next(a for a in weed if a.startswith("-volume.port=")).split("=")[1])
+    s3 = int(next(a for a in weed if a.startswith("-s3.port=")).split("=")[1])
+    for port in (filer, volume):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/buckets/brainsynth/x", data=b"x", method="PUT")
+        with pytest.raises(OSError):  # HTTPError (4xx) or refused: never a write
+            urllib.request.urlopen(request, timeout=3)
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"http://127.0.0.1:{s3}/brainsynth?list-type=2", timeout=3)
+    assert denied.value.code == 403
+
+
+def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "brainsynth.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "d"),
-               "--api-key", "lab=k", "--workers", "2"]  # fmt: skip
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# tenant=key\nlab=k\n")
+    data_dir = tmp_path / "d"
+    command = [sys.executable, "-m", "brainsynth.cli", "up", "--port", str(port), "--data-dir", str(data_dir),
+               "--api-key-file", str(keys), "--workers", "2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     up = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while not _ready(url) and time.monotonic() < deadline and up.poll() is None:
-            time.sleep(0.3)
-        assert _ready(url), "brainsynth up did not become ready"
+        assert _wait_ready(url, up, 90), "brainsynth up did not become ready"
         children = _children(up.pid)
+        assert all(b"lab=k" not in Path(f"/proc/{p}/cmdline").read_bytes() for p in {up.pid, *children})
+        _local_services_refuse_anonymous_access(data_dir, children)
+        for needle, signum in ((b"redis-server", signal.SIGTERM), (b"weed", signal.SIGKILL)):
+            os.kill(_child(children, needle), signum)
+            time.sleep(2)
+            assert _wait_ready(url, up, 60), f"not ready again after {needle.decode()} was stopped"
+            children = _children(up.pid)
+            assert up.poll() is None
+        request = urllib.request.Request(url + "/v1/models", headers={"Authorization": "Bearer k"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
         workers = [pid for pid in children if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) >= 2
         os.kill(workers[0], signal.SIGKILL)
@@ -78,6 +125,7 @@ def test_up_restarts_a_dead_worker_and_ctrl_c_stops_everything(tmp_path: Path) -
         out, err = up.communicate(timeout=120)
         assert up.returncode == 0, err
         assert f"API at {url}" in out and "restarted worker" in err
+        assert "restarted Redis" in err and "restarted SeaweedFS" in err
         alive = [
             pid
             for pid in every
