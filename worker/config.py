@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,8 @@ class WorkerSettings(BaseSettings):
     #: every ``heartbeat_s`` for its running task, so tasks of any length are never run twice at once.
     visibility_timeout_s: int = Field(30, ge=5)
     heartbeat_s: float = Field(1.0, gt=0, le=10)
+    #: Touched on every heartbeat, for a container healthcheck (``python -m worker.liveness FILE``).
+    heartbeat_file: Path | None = None
     #: How long a worker retries object storage (backoff to 2 s) before it fails the cohort, naming the outage.
     storage_retry_s: float = Field(120.0, ge=1)
     task_time_limit_s: int = Field(1800, ge=10)

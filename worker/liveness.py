@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
@@ -47,10 +49,14 @@ class RunningTask:
 class Heartbeat:
     """The worker's beat thread (one per worker process; see the module docstring)."""
 
-    def __init__(self, broker_url: str, worker_name: str, interval: float = 1.0) -> None:
+    def __init__(
+        self, broker_url: str, worker_name: str, interval: float = 1.0, beat_file: Path | None = None
+    ) -> None:
         self.redis = redis.Redis.from_url(broker_url, socket_connect_timeout=1, socket_timeout=1)
         self.worker_name = worker_name
         self.interval = interval
+        #: touched on every beat, for a container healthcheck (``python -m worker.liveness FILE``)
+        self.beat_file = beat_file
         self._lock = threading.Lock()
         self._running: RunningTask | None = None
         self._halt = threading.Event()
@@ -84,6 +90,8 @@ class Heartbeat:
         with self._lock:
             task = self._running
         now = time.time()
+        if self.beat_file is not None:
+            self.beat_file.touch()
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(WORKERS_KEY, {self.worker_name: now})
@@ -114,3 +122,26 @@ class Heartbeat:
 def live_workers(client: redis.Redis, within_s: float) -> int:
     """How many workers beat in the last ``within_s`` seconds."""
     return int(client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Container healthcheck: exit 0 if the worker's beat file was touched in the last 15 s (a busy worker
+    beats too; ``celery inspect ping`` cannot answer while a solo worker samples)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m worker.liveness BEAT_FILE", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        print(f"{path} missing: the worker has not started beating", file=sys.stderr)
+        return 1
+    if age > 15:
+        print(f"last heartbeat {age:.0f} s ago", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

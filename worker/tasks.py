@@ -54,7 +54,8 @@ def object_store() -> ObjectStore:
 def heartbeat() -> Heartbeat:
     """This worker process's heartbeat thread, started on first use (at worker start-up)."""
     settings = get_settings()
-    beat = Heartbeat(settings.broker_url, f"{socket.gethostname()}:{os.getpid()}", settings.heartbeat_s)
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    beat = Heartbeat(settings.broker_url, name, settings.heartbeat_s, settings.heartbeat_file)
     beat.start()
     return beat
 

@@ -58,3 +58,28 @@ def test_api_image_has_no_torch_and_worker_image_has_cuda_torch() -> None:
     assert worker.startswith("#") and "FROM nvidia/cuda" in worker
     assert re.search(r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url", worker)
     assert "--pool=solo" in worker
+
+
+def test_worker_health_is_the_heartbeat_and_redelivery_keeps_the_shipped_timeout() -> None:
+    """A busy solo worker cannot answer ``celery inspect ping``; the heartbeat file can. Compose must not
+    lengthen the visibility timeout (a killed worker's task would wait that long)."""
+    worker = _compose()["services"]["worker"]
+    assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.liveness", "/tmp/brainsynth-heartbeat"]
+    assert worker["environment"]["BRAINSYNTH_HEARTBEAT_FILE"] == "/tmp/brainsynth-heartbeat"
+    assert "BRAINSYNTH_VISIBILITY_TIMEOUT_S" not in worker["environment"]
+    dockerfile = (REPO / "docker" / "worker.Dockerfile").read_text()
+    assert "inspect ping" not in dockerfile and "worker.liveness" in dockerfile
+
+
+def test_the_liveness_check_reads_the_beat_files_age(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from worker.liveness import main
+
+    beat = tmp_path / "beat"
+    assert main([str(beat)]) == 1  # never beat
+    beat.touch()
+    assert main([str(beat)]) == 0
+    os.utime(beat, (time.time() - 60, time.time() - 60))
+    assert main([str(beat)]) == 1
