@@ -248,7 +248,7 @@ class BrainLDMPipeline:
             for offset in range(width):
                 check_stop()
                 with stop_points(hooked, should_stop):
-                    volume = self.decode(latents[offset : offset + 1])
+                    volume = self.decode(latents[offset : offset + 1], should_stop)
                 index = start + offset
                 done += 1
                 if callback is not None:
@@ -260,12 +260,15 @@ class BrainLDMPipeline:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.execution.precision])
 
-    def decode(self, latent: torch.Tensor) -> np.ndarray:
+    def decode(self, latent: torch.Tensor, should_stop: StopCheck | None = None) -> np.ndarray:
         """Decode one latent (1, C, X, Y, Z) to a float32 volume (X, Y, Z); latents are divided by the scale factor.
 
         With ``execution.decode_slab`` the decoder runs slab by slab (:class:`models.slab_decode.SlabDecoder`):
         the same volume within float rounding, in less memory."""
         scaled = (latent.float() / self.config.scale_factor).contiguous(memory_format=self._memory_format)
         with torch.inference_mode(), self._autocast():
-            image = self._slab_decoder(scaled) if self._slab_decoder is not None else self._decode_whole(scaled)
+            if self._slab_decoder is not None:
+                image = self._slab_decoder(scaled, should_stop)
+            else:
+                image = self._decode_whole(scaled)
         return image[0, 0].float().cpu().numpy()

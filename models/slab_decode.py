@@ -17,7 +17,7 @@ Decoders with attention (global by nature) are refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +28,7 @@ from monai.networks.nets import AutoencoderKL
 from monai.networks.nets.autoencoderkl import AEKLResBlock
 from torch import nn
 
-from models.errors import SamplingError
+from models.errors import GenerationStopped, SamplingError
 
 
 @dataclass
@@ -129,10 +129,13 @@ class SlabDecoder:
         if pending is not None:
             raise SamplingError("slab decode: the decoder ends with a GroupNorm, which has no convolution to fuse into")
 
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        """Same as ``autoencoder.decode(latent)``; the result is on the store device (CPU with offload)."""
+    def __call__(self, latent: torch.Tensor, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Same as ``autoencoder.decode(latent)``; the result is on the store device (CPU with offload).
+        ``should_stop`` is checked before each layer; true raises :class:`GenerationStopped`."""
         current = _Stored.of(latent.to(self.store))
         for step in self.plan:
+            if should_stop is not None and should_stop():
+                raise GenerationStopped("decoding was stopped on request")
             if step.resblock is None:
                 current = self._conv(current, step.conv, pre=step.pre, upsample=step.upsample)
             else:

@@ -49,9 +49,7 @@ class RunningTask:
 class Heartbeat:
     """The worker's beat thread (one per worker process; see the module docstring)."""
 
-    def __init__(
-        self, broker_url: str, worker_name: str, interval: float = 1.0, beat_file: Path | None = None
-    ) -> None:
+    def __init__(self, broker_url: str, worker_name: str, interval: float = 1.0, beat_file: Path | None = None) -> None:
         self.redis = redis.Redis.from_url(broker_url, socket_connect_timeout=1, socket_timeout=1)
         self.worker_name = worker_name
         self.interval = interval

@@ -185,7 +185,7 @@ def test_cuda_request_without_gpu_is_a_clear_error(tiny_model_dir: Path) -> None
 def test_generate_streams_subjects_and_checks_arguments_up_front(pipeline: BrainLDMPipeline) -> None:
     decoded: list[int] = []
     original = pipeline.decode
-    pipeline.decode = lambda latent: decoded.append(1) or original(latent)  # type: ignore[method-assign]
+    pipeline.decode = lambda latent, *rest: decoded.append(1) or original(latent, *rest)  # type: ignore[method-assign]
     try:
         stream = pipeline.generate(SUBJECTS, SEEDS, num_inference_steps=3, batch_size=3)
         assert decoded == []  # nothing runs before the caller asks
@@ -229,3 +229,47 @@ def test_channels_last_and_compile_keep_values(execution: Execution, monkeypatch
         monkeypatch.setattr(shutil, "which", lambda _name: None)
         with pytest.raises(SamplingError, match="needs a C\\+\\+ compiler"):
             BrainLDMPipeline(config, *tiny_networks(config), execution=execution)
+
+
+class _StopAfter:
+    """A ``should_stop`` that turns true after ``calls`` checks and counts the checks made after that."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.made, self.after_true = calls, 0, 0
+
+    def __call__(self) -> bool:
+        self.made += 1
+        if self.made > self.calls:
+            self.after_true += 1
+            return True
+        return False
+
+
+def test_a_stop_request_ends_sampling_inside_a_step(pipeline: BrainLDMPipeline) -> None:
+    """The check runs before every convolution and linear layer, so a stop lands within one block of a step
+    (a full-size step on a CPU takes seconds), not at the step's end."""
+    from models.errors import GenerationStopped
+
+    blocks_per_step = _StopAfter(10**9)
+    pipeline(SUBJECTS[:1], SEEDS[:1], num_inference_steps=1, should_stop=blocks_per_step)
+    assert blocks_per_step.made > 20  # checked many times within the one step and the decode
+    stop = _StopAfter(5)  # true mid-way through the first UNet call
+    samples = pipeline.generate(SUBJECTS[:2], SEEDS[:2], num_inference_steps=5, batch_size=2, should_stop=stop)
+    with pytest.raises(GenerationStopped):
+        next(samples)
+    assert stop.after_true == 1  # nothing ran after the first check that said stop
+    for module in (pipeline.unet, pipeline.autoencoder):  # the hooks are gone afterwards
+        assert all(not m._forward_pre_hooks for m in module.modules())
+
+
+def test_a_stop_between_subjects_keeps_the_subjects_already_made(pipeline: BrainLDMPipeline) -> None:
+    from models.errors import GenerationStopped
+
+    stop = {"now": False}
+    samples = pipeline.generate(SUBJECTS, SEEDS, num_inference_steps=3, batch_size=1, should_stop=lambda: stop["now"])
+    first = next(samples)
+    reference = pipeline(SUBJECTS[:1], SEEDS[:1], num_inference_steps=3)[0]
+    np.testing.assert_array_equal(first.volume, reference.volume)  # checks do not change the result
+    stop["now"] = True
+    with pytest.raises(GenerationStopped):
+        next(samples)

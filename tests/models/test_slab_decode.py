@@ -94,3 +94,18 @@ def test_slab_decode_under_bf16_autocast() -> None:
     a = whole(subjects, seeds, num_inference_steps=2)[0].volume
     b = slabbed(subjects, seeds, num_inference_steps=2)[0].volume
     assert b.dtype == np.float32 and np.abs(a - b).max() <= 0.02 * np.abs(a).max()  # bf16 rounding, no seams
+
+
+def test_a_stop_request_ends_a_slab_decode_between_layers(autoencoder: torch.nn.Module) -> None:
+    from models.errors import GenerationStopped
+
+    latent = torch.randn(1, 3, 5, 7, 3, generator=torch.Generator().manual_seed(2))
+    checks = {"n": 0}
+
+    def stop_after_three() -> bool:
+        checks["n"] += 1
+        return checks["n"] > 3
+
+    with torch.inference_mode(), pytest.raises(GenerationStopped):
+        SlabDecoder(autoencoder, 2)(latent, stop_after_three)
+    assert checks["n"] == 4
