@@ -11,7 +11,9 @@ export BRAINSYNTH_API_KEY="demo-$($BIN/python -c 'import secrets; print(secrets.
 
 rm -rf "$OUT" "$DATA"
 mkdir -p "$DATA"
-$BIN/brainsynth up --port "$PORT" --data-dir "$DATA" --api-key "demo=$BRAINSYNTH_API_KEY" --workers 1 \
+# The key in a 0600 file, not on the command line (where `ps` shows it to every local user).
+(umask 077; echo "demo=$BRAINSYNTH_API_KEY" > "$DATA/api-keys.txt")
+$BIN/brainsynth up --port "$PORT" --data-dir "$DATA" --api-key-file "$DATA/api-keys.txt" --workers 1 \
     > "$DATA/up.log" 2>&1 &
 UP_PID=$!
 trap 'kill -TERM $UP_PID 2>/dev/null; wait $UP_PID 2>/dev/null || true' EXIT
