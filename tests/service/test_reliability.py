@@ -100,18 +100,17 @@ def test_the_active_cohort_limit_holds_under_200_concurrent_posts(stack: LocalSt
     with _http(stack, "lab-d") as http:
         for round_ in range(2):
 
-            def post(i: int, round_: int = round_) -> httpx.Response:
-                return http.post("/v1/cohorts", json={**SMALL, "seed": 1000 * round_ + i})
+            def post(i: int, round_: int = round_) -> httpx.Response:  # minutes of work: none ends mid-flood
+                return http.post("/v1/cohorts", json={**SLOW, "n_subjects": 50, "seed": 1000 * round_ + i})
 
             with ThreadPoolExecutor(64) as pool:
                 responses = list(pool.map(post, range(200)))
             codes = sorted(r.status_code for r in responses)
             assert codes.count(202) == MAX_ACTIVE and codes.count(429) == 200 - MAX_ACTIVE, codes
             for response in responses:
-                if response.status_code == 202:  # cancel (409 once it has succeeded) so the next round starts at 0
-                    cohort_id = response.json()["id"]
-                    assert http.post(f"/v1/cohorts/{cohort_id}/cancel").status_code in (200, 409)
-                    assert http.get(f"/v1/cohorts/{cohort_id}").json()["status"] in ("canceled", "succeeded")
+                if response.status_code == 202:  # so the next round starts with none active
+                    canceled = http.post(f"/v1/cohorts/{response.json()['id']}/cancel")
+                    assert canceled.status_code == 200, canceled.text
 
 
 def test_readiness_floods_leave_every_route_answering(stack: LocalStack) -> None:

@@ -76,13 +76,53 @@ def _local_services_refuse_anonymous_access(data_dir: Path, children: set[int]) 
     filer = int(next(a for a in weed if a.startswith("-filer.port=")).split("=")[1])
     volume = int(next(a for a in weed if a.startswith("-volume.port=")).split("=")[1])
     s3 = int(next(a for a in weed if a.startswith("-s3.port=")).split("=")[1])
-    for port in (filer, volume):
+    master = int(next(a for a in weed if a.startswith("-master.port=")).split("=")[1])
+    for port in (filer, volume, master):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/buckets/brainsynth/x", data=b"x", method="PUT")
-        with pytest.raises(OSError):  # HTTPError (4xx) or refused: never a write
+        with pytest.raises(OSError):  # HTTPError (4xx: no JWT, or plain HTTP to the master's TLS) or refused
             urllib.request.urlopen(request, timeout=3)
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{master}/cluster/status", timeout=3)
+    for port in (master, master + 10000, filer + 10000, volume + 10000):  # HTTPS and gRPC: mutual TLS
+        assert not _speaks_plain_http2(port), port
+        assert not _tls_answers_without_a_client_certificate(port), port
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(f"http://127.0.0.1:{s3}/brainsynth?list-type=2", timeout=3)
     assert denied.value.code == 403
+
+
+def _speaks_plain_http2(port: int) -> bool:
+    """Whether ``port`` answers an unencrypted HTTP/2 preface with a SETTINGS frame (plaintext gRPC does)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            frame = conn.recv(9)
+    except OSError:
+        return False
+    return len(frame) == 9 and frame[3] == 4
+
+
+def _tls_answers_without_a_client_certificate(port: int) -> bool:
+    """Whether a TLS client with no certificate gets an answer from ``port`` (an HTTP/2 preface is sent)."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as conn,
+        ):
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" if conn.selected_alpn_protocol() == "h2"
+                         else b"GET /cluster/status HTTP/1.1\r\nHost: x\r\n\r\n")  # fmt: skip
+            return bool(conn.recv(64))
+    except (ssl.SSLError, ConnectionError, TimeoutError, OSError):
+        return False
 
 
 def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
