@@ -26,6 +26,10 @@ import numpy as np
 #: Origin (world mm of voxel 0,0,0) of the uncropped 160x224x160 1 mm grid, derived above.
 UKB_ORIGIN_MM: tuple[float, float, float] = (101.48149872, -146.47715759, -156.55375671)
 
+#: Centre of mass of nilearn's MNI152 2009a brain mask (1 mm), world mm (checked against the template by
+#: ``tests/models/test_geometry.py``). A grid centred here holds an MNI-registered brain in its middle.
+MNI_BRAIN_CENTRE_MM: tuple[float, float, float] = (0.0, -22.02117362, 9.52776839)
+
 #: ``xform`` code written to both sform and qform: 2 = aligned to another (here MNI-like) space.
 XFORM_CODE_ALIGNED = 2
 
@@ -41,6 +45,24 @@ def grid_affine(voxel_size_mm: float) -> tuple[tuple[float, float, float, float]
         (-s, 0.0, 0.0, x0 - half),
         (0.0, s, 0.0, y0 + half),
         (0.0, 0.0, s, z0 + half),
+        (0.0, 0.0, 0.0, 1.0),
+    )
+
+
+def mni_centred_affine(
+    image_shape: tuple[int, int, int], voxel_size_mm: float
+) -> tuple[tuple[float, float, float, float], ...]:
+    """LAS affine (the paper's axis order) of a grid of ``voxel_size_mm`` voxels whose field of view is
+    centred on the MNI152 brain (:data:`MNI_BRAIN_CENTRE_MM`): a brain built on MNI152 coordinates, as the
+    phantoms are, lies on the template through it. The demo preset uses it."""
+    s = float(voxel_size_mm)
+    steps = np.array([-s, s, s])
+    origin = np.asarray(MNI_BRAIN_CENTRE_MM) - steps * (np.asarray(image_shape, dtype=np.float64) - 1) / 2
+    x0, y0, z0 = (round(float(v), 8) for v in origin)
+    return (
+        (-s, 0.0, 0.0, x0),
+        (0.0, s, 0.0, y0),
+        (0.0, 0.0, s, z0),
         (0.0, 0.0, 0.0, 1.0),
     )
 

@@ -161,13 +161,27 @@ class Phantom:
     targets: PhantomTargets
 
 
+def phantom_affine(image_shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """The affine under which a phantom built on ``(image_shape, affine)`` lies on MNI152.
+
+    :func:`make_phantom` centres the template's brain in the field of view, so the field of view's centre is
+    the template's brain centre: the grid's own affine, translated by the difference. For a grid centred on
+    the MNI brain already (:func:`models.nifti.mni_centred_affine`, the demo preset's) it is that affine.
+    """
+    matrix = np.asarray(affine, dtype=np.float64).copy()
+    centre = matrix[:3, :3] @ ((np.asarray(image_shape, dtype=np.float64) - 1) / 2) + matrix[:3, 3]
+    matrix[:3, 3] += load_template().brain_centre_mm - centre
+    return matrix
+
+
 def make_phantom(
     rng: np.random.Generator,
     image_shape: tuple[int, int, int],
     affine: np.ndarray,
     targets: PhantomTargets | None = None,
 ) -> Phantom:
-    """Build one phantom on the grid ``(image_shape, affine)``; the brain is centred in the field of view.
+    """Build one phantom on the grid ``(image_shape, affine)``; the brain is centred in the field of view
+    (write it with :func:`phantom_affine`, under which it lies on MNI152).
 
     Args:
         rng: the phantom's random generator (all randomness comes from it).
@@ -284,6 +298,7 @@ def write_phantom_cohort(
     )
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     affine = np.asarray(config.affine)
+    on_mni = phantom_affine(config.image_shape, affine)  # the files' geometry: each phantom lies on MNI152
     records = []
     for index in range(n_subjects):
         subject = subject_seed(seed, index)
@@ -293,7 +308,7 @@ def write_phantom_cohort(
         records.append(SubjectRecord(pid, phantom.covariates, conditioning, subject))
         path = out_dir / t1w_path(pid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_nifti_gz(path, to_nifti(phantom.image, affine, description=f"MNI152 phantom seed {subject}"))
+        write_nifti_gz(path, to_nifti(phantom.image, on_mni, description=f"MNI152 phantom seed {subject}"))
         sidecar = {
             "SyntheticData": True,
             "Phantom": "MNI152 2009a template, deformed (brainsynth phantoms)",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from models.conditioning import UKB_RANGES, ConditioningRanges, CovariateRange
 from models.config import ModelConfig, SchedulerConfig
-from models.nifti import grid_affine
+from models.nifti import grid_affine, mni_centred_affine
 
 #: The demo's normalisation ranges: its phantoms' volumes (ventricles 9,109-35,325 mm3, brain
 #: 1,310,973-1,648,892 mm3) span 3x more of [0, 1] than with the UK Biobank ranges (0.01-0.17 for the
@@ -92,7 +92,7 @@ def demo() -> ModelConfig:
     """
     return ModelConfig(
         name="demo",
-        version="0.3.0",
+        version="0.3.1",
         description="Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos",
         intended_use=RESEARCH_USE + "; a demonstration model trained on MNI152 phantoms, not on real subjects",
         autoencoder={
@@ -114,7 +114,8 @@ def demo() -> ModelConfig:
         conditioning=DEMO_RANGES,
         image_shape=(40, 56, 40),
         voxel_size_mm=(4.0, 4.0, 4.0),
-        affine=grid_affine(4.0),
+        # centred on the MNI152 brain, where the phantoms it is trained on lie (not the ukb saver's grid)
+        affine=mni_centred_affine((40, 56, 40), 4.0),
     )
 
 
