@@ -9,7 +9,7 @@ import torch
 
 from models.config import AUTOENCODER_FILE, UNET_FILE, ModelConfig, WeightFile, Weights, write_model_config
 from models.networks import build_autoencoder, build_unet
-from models.nifti import grid_affine
+from models.nifti import mni_centred_affine
 from models.presets import ukb
 from models.weights import sha256_file
 
@@ -36,7 +36,7 @@ def tiny_config(name: str = "tiny") -> ModelConfig:
             },
             "image_shape": (16, 24, 16),
             "voxel_size_mm": (10.0, 10.0, 10.0),
-            "affine": grid_affine(10.0),
+            "affine": mni_centred_affine((16, 24, 16), 10.0),  # phantoms lie on MNI152: so must the grid
         }
     )
 

@@ -11,13 +11,17 @@ import torch
 from models.cli import main
 from models.config import read_model_config
 from models.errors import WeightsError
-from models.nifti import grid_affine
+from models.nifti import mni_centred_affine
 from models.phantoms import write_phantom_cohort
 from models.pipeline import BrainLDMPipeline
 from models.train.autoencoder import kl_divergence
 from tests.conftest import tiny_config
 
-GRID = {"image_shape": (16, 24, 16), "voxel_size_mm": (10.0, 10.0, 10.0), "affine": grid_affine(10.0)}
+GRID = {
+    "image_shape": (16, 24, 16),
+    "voxel_size_mm": (10.0, 10.0, 10.0),
+    "affine": mni_centred_affine((16, 24, 16), 10.0),
+}
 
 
 @pytest.fixture(scope="module")
