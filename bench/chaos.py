@@ -18,6 +18,7 @@ are held and 200 POSTs arrive at once. Numbers, not assertions; ``--json`` keeps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -95,7 +96,9 @@ class Stack:
                    str(self.data), "--api-key-file", str(keys)]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = open(root / "up.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.up = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.up = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
         self.wait_ready(180)
 
@@ -138,7 +141,9 @@ class Stack:
             try:
                 self.up.wait(120)
             except subprocess.TimeoutExpired:
-                self.up.kill()
+                print("brainsynth up did not stop in 120 s: killing its process group", file=sys.stderr)
+        with contextlib.suppress(ProcessLookupError):  # nothing of the stack outlives the suite
+            os.killpg(self.up.pid, signal.SIGKILL)
         self.log.close()
 
 

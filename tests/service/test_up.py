@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -134,7 +135,8 @@ def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -
     command = [sys.executable, "-m", "brainsynth.cli", "up", "--port", str(port), "--data-dir", str(data_dir),
                "--api-key-file", str(keys), "--workers", "2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    up = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    up = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)  # fmt: skip
     try:
         assert _wait_ready(url, up, 90), "brainsynth up did not become ready"
         children = _children(up.pid)
@@ -174,6 +176,6 @@ def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -
         ]
         assert alive == [], "processes left running after Ctrl-C"
         assert not _ready(url)
-    finally:
-        if up.poll() is None:
-            up.kill()
+    finally:  # a failed test must not leave the stack's children running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
