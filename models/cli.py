@@ -30,6 +30,10 @@ def _build_parser() -> argparse.ArgumentParser:
     imp = models_sub.add_parser("import-bundle", help="import the released MONAI bundle weights")
     imp.add_argument("bundle_dir", type=Path, help="folder with autoencoder.pt + model.pt (or the .pth names)")
     imp.add_argument("--name", default="ukb", help="name to register the model under (default: ukb)")
+    reg = models_sub.add_parser("register", help="add a trained model directory to the registry (the API sees it)")
+    reg.add_argument("model_dir", type=Path, help="a model directory with model.json and both weight files")
+    reg.add_argument("--name", help="name to register it under (default: the name in its model.json)")
+    reg.add_argument("--link", action="store_true", help="link the directory instead of copying it")
     imp.add_argument(
         "--trust-unverified",
         action="store_true",
@@ -75,6 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", type=Path, required=True, help="BIDS folder with participants.tsv")
         sub.add_argument("--model-dir", type=Path, required=True, help="model directory (created from --preset)")
         sub.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="architecture for a new model-dir")
+        sub.add_argument("--name", help="the model's name in model.json and every cohort (default: --model-dir's name)")
+        sub.add_argument("--version", dest="model_version", help="the model's version (default 0.1.0 for a new one)")
+        sub.add_argument("--description", help="what the model is (default: its preset and training data)")
         sub.add_argument("--steps", type=int, default=default_steps, help=f"optimiser steps (default {default_steps})")
         sub.add_argument("--batch-size", type=int, default=default_batch, help=f"default {default_batch}")
         sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
@@ -176,7 +183,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from models.config import MODEL_JSON, write_model_config
     from models.pipeline import resolve_device
     from models.train.data import load_training_set
 
@@ -186,9 +192,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     device = resolve_device(args.device)
-    if not (args.model_dir / MODEL_JSON).is_file():
-        args.model_dir.mkdir(parents=True, exist_ok=True)
-        write_model_config(args.model_dir, PRESETS[args.preset]())
+    _prepare_model_dir(args)
     init_from = resolve_model_dir(args.init_from) if getattr(args, "init_from", None) else None
     if init_from is not None and read_model_config(args.model_dir).weights is None:
         _adopt_autoencoder(init_from, args.model_dir)
@@ -215,8 +219,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
             from models.train.diffusion import DiffusionSettings, train_diffusion
 
             path = train_diffusion(data, args.model_dir, replace(DiffusionSettings(), **overrides), device, progress)
+    _record_training(args, len(data.participant_ids), init_from)
     print(f"trained {args.stage} on {len(data.participant_ids)} subjects: {path.resolve()}")
     return 0
+
+
+def _prepare_model_dir(args: argparse.Namespace) -> None:
+    """A new model directory gets the preset's architecture under an identity of its own (never the preset's
+    name, version or description: cohorts would claim to come from the shipped model); ``--name``,
+    ``--version`` and ``--description`` rename an existing one."""
+    from pydantic import ValidationError
+
+    from models.config import MODEL_JSON, write_model_config
+
+    model_dir: Path = args.model_dir
+    identity = {
+        key: value
+        for key, value in (("name", args.name), ("version", args.model_version), ("description", args.description))
+        if value is not None
+    }
+    if not (model_dir / MODEL_JSON).is_file():
+        preset = PRESETS[args.preset]()
+        identity = {
+            "name": model_dir.resolve().name,
+            "version": "0.1.0",
+            "description": f"{args.preset} architecture trained with `brainsynth train` on {args.data}",
+            "intended_use": "synthetic data for research use only; not for clinical use",
+            **identity,
+        }
+        model_dir.mkdir(parents=True, exist_ok=True)
+        config = preset
+    else:
+        config = read_model_config(model_dir)
+    if identity:
+        try:
+            config = type(config).model_validate({**config.model_dump(), **identity})
+        except ValidationError as err:
+            problem = err.errors()[0]
+            raise UsageError(
+                f"--{problem['loc'][0]}: {problem['msg']} (names: letters, digits, '.', '_', '-')"
+            ) from err
+        write_model_config(model_dir, config)
+
+
+def _record_training(args: argparse.Namespace, subjects: int, init_from: Path | None) -> None:
+    """Append this run's provenance (data folder, subjects, participants.tsv hash) to ``model.json``."""
+    from models.config import TrainingProvenance, write_model_config
+    from models.weights import sha256_file
+
+    config = read_model_config(args.model_dir)
+    run = TrainingProvenance(
+        stage=args.stage,
+        data=str(args.data),
+        subjects=subjects,
+        participants_sha256=sha256_file(Path(args.data) / "participants.tsv"),
+        steps=args.steps,
+        init_from=str(init_from) if init_from is not None else None,
+    )
+    write_model_config(args.model_dir, config.model_copy(update={"training": (*config.training, run)}))
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
@@ -266,6 +326,44 @@ def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+def register_model(model_dir: Path, name: str | None = None, *, link: bool = False) -> Path:
+    """Copy (or link) a complete model directory into the registry under ``name`` (default: its own), with
+    its weights hash-checked; a copy takes the registered name in its model.json. Returns the entry."""
+    import shutil
+
+    from pydantic import ValidationError
+
+    from models.config import write_model_config
+    from models.weights import verify_sha256
+
+    config = read_model_config(model_dir)
+    if not config.is_complete:
+        raise UsageError(f"{model_dir} has no trained diffusion model yet: finish `brainsynth train` first")
+    assert config.weights is not None and config.weights.unet is not None  # is_complete
+    for entry in (config.weights.autoencoder, config.weights.unet):
+        verify_sha256(Path(model_dir) / entry.file, entry.sha256)
+    name = name or config.name
+    try:
+        renamed = type(config).model_validate({**config.model_dump(), "name": name})
+    except ValidationError as err:
+        raise UsageError(f"--name {name!r}: {err.errors()[0]['msg']} (letters, digits, '.', '_', '-')") from err
+    destination = user_models_dir() / name
+    if destination.exists() or destination.is_symlink():
+        raise UsageError(f"a model named {name!r} is registered already ({destination}): choose another --name")
+    if link and name != config.name:
+        raise UsageError(f"--link keeps the model's own name ({config.name!r}): drop --name, or copy it instead")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        destination.symlink_to(Path(model_dir).resolve(), target_is_directory=True)
+        return destination
+    staging = destination.with_name(f".{name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    write_model_config(staging, renamed)
+    staging.rename(destination)  # appears whole: the API never lists a half-copied model
+    return destination
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "import-bundle":
         from models.bundle import import_bundle
@@ -275,6 +373,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
         registered = import_bundle(args.bundle_dir, dest, config, trust_unverified=args.trust_unverified)
         state = "verified" if registered.weights_verified else "UNVERIFIED"
         print(f"imported {args.name} ({state}) into {dest}")
+        return 0
+    if args.models_command == "register":
+        destination = register_model(args.model_dir, args.name, link=args.link)
+        print(f"registered {destination.name} at {destination} (the API and workers see it at once)")
         return 0
     summaries = [_entry_summary(e) for e in list_models()]
     if args.json:

@@ -23,9 +23,14 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def add_cohort_arguments(parser: argparse.ArgumentParser, *, seed_required: bool = True) -> None:
+def add_cohort_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    seed_required: bool = True,
+    model_help: str = "registered model name or model directory",
+) -> None:
     """Model, size, seed, covariates (physical units), explicit subjects, sampler, dtype, extrapolation."""
-    parser.add_argument("--model", required=True, help="registered model name or model directory")
+    parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--n", type=int, help="number of subjects (not needed with --subjects)")
     seed_help = "cohort seed (subject seeds derive from it)" + ("" if seed_required else "; default: drawn")
     parser.add_argument("--seed", type=int, required=seed_required, help=seed_help)

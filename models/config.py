@@ -55,6 +55,19 @@ class Weights(BaseModel):
     unet: WeightFile | None = None
 
 
+class TrainingProvenance(BaseModel):
+    """What one training run of ``brainsynth train`` learned from (recorded in ``model.json``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Literal["autoencoder", "diffusion"]
+    data: str = Field(description="the training folder, as given")
+    subjects: int = Field(ge=1)
+    participants_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of its participants.tsv")
+    steps: int = Field(ge=1)
+    init_from: str | None = Field(None, description="model whose UNet the run started from (fine-tuning)")
+
+
 class ModelConfig(BaseModel):
     """Everything needed to rebuild, load and sample a latent diffusion model."""
 
@@ -74,6 +87,8 @@ class ModelConfig(BaseModel):
     voxel_size_mm: tuple[float, float, float]
     affine: tuple[tuple[float, float, float, float], ...] = Field(min_length=4, max_length=4)
     weights: Weights | None = None
+    #: training runs in order (models made here by ``brainsynth train``; empty for imported ones)
+    training: tuple[TrainingProvenance, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

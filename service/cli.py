@@ -59,7 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
         )
 
     submit = commands.add_parser("submit", help="queue a cohort on the service; prints its id")
-    add_cohort_arguments(submit, seed_required=False)
+    add_cohort_arguments(
+        submit,
+        seed_required=False,
+        model_help="a model registered on the server (`brainsynth models` there; a local directory: "
+        "`brainsynth models register DIR` on the server first)",
+    )
     submit.add_argument("--name", help="dataset name in dataset_description.json")
     submit.add_argument("--idempotency-key", help="a retry with the same key returns the same cohort")
     submit.add_argument("--wait", action="store_true", help="then show progress until it finishes")
@@ -155,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_up(args)
         with _client(args) as client:
             if args.command == "submit":
+                if (Path(args.model) / "model.json").is_file():
+                    raise UsageError(
+                        f"--model {args.model} is a local model directory; the service samples registered models: "
+                        f"run `brainsynth models register {args.model}` where the service runs, then "
+                        "--model NAME (or sample locally with `brainsynth sample --model DIR`)"
+                    )
                 request = cohort_request(args)
                 if args.name:
                     request["name"] = args.name

@@ -178,3 +178,14 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.startswith("brainsynth: error:")
     assert "import-bundle" in result.stderr
+
+
+def test_submit_with_a_local_model_directory_says_to_register_it(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main as service_main
+
+    code = service_main(["submit", "--model", str(tiny_model_dir), "--n", "1", "--url", "http://127.0.0.1:9",
+                         "--api-key", "k"])  # fmt: skip
+    assert code == 2
+    assert f"brainsynth models register {tiny_model_dir}" in capsys.readouterr().err

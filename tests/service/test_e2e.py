@@ -285,3 +285,21 @@ def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, caps
     assert "not found" in capsys.readouterr().err
     assert main(["status", cohort_id, "--url", stack.url, "--api-key", "wrong"]) == 1
     assert "401" in capsys.readouterr().err
+
+
+def test_a_model_registered_while_the_stack_runs_is_served_at_once(
+    stack: LocalStack, client: BrainSynthClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`brainsynth models register DIR` into the server's registry: no restart of the API or workers."""
+    from models.cli import main as models_main
+    from tests.conftest import make_model_dir
+
+    monkeypatch.setenv("BRAINSYNTH_MODELS_DIR", stack.settings["BRAINSYNTH_MODELS_DIR"])
+    assert models_main(["models", "register", str(make_model_dir(tmp_path / "trained", seed=5)), "--name",
+                        "lab-model"]) == 0  # fmt: skip
+    assert {m["name"]: m["ready"] for m in client.models()}["lab-model"] is True
+    cohort = client.submit({"model": "lab-model", "n_subjects": 1, "seed": 2, "sampler": {"steps": 3}})
+    assert client.wait(cohort["id"], timeout=120)["status"] == "succeeded"
+    dataset = client.download(cohort["id"], tmp_path / "out")
+    generated_by = json.loads((dataset / "dataset_description.json").read_text())["GeneratedBy"][0]
+    assert generated_by["ModelName"] == "lab-model"
