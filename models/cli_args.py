@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from models.conditioning import ConditioningRanges
-from models.design import SAMPLERS, CohortDesign, Span, SubjectSpec, design_subjects, read_subjects_tsv
+from models.design import (
+    SAMPLERS,
+    CohortDesign,
+    Span,
+    SubjectSpec,
+    design_subjects,
+    normalise_sex,
+    read_subjects_tsv,
+    tsv_has_column,
+)
 
 
 class UsageError(Exception):
@@ -32,12 +41,19 @@ def add_cohort_arguments(
     """Model, size, seed, covariates (physical units), explicit subjects, sampler, dtype, extrapolation."""
     parser.add_argument("--model", required=True, help=model_help)
     parser.add_argument("--n", type=int, help="number of subjects (not needed with --subjects)")
-    seed_help = "cohort seed (subject seeds derive from it)" + ("" if seed_required else "; default: drawn")
-    parser.add_argument("--seed", type=int, required=seed_required, help=seed_help)
+    seed_help = "cohort seed (subject seeds derive from it)" + (
+        "; required with --n (a --subjects file with a seed column carries its own)" if seed_required
+        else "; default: drawn by the server"
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help=seed_help)
+    parser.set_defaults(seed_required=seed_required)
     age = parser.add_mutually_exclusive_group()
     age.add_argument("--age", type=float, metavar="A", help="age in years for every subject")
     age.add_argument("--age-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform age range, years")
-    parser.add_argument("--sex", choices=("F", "M", "mixed"), default="mixed", help="default: mixed")
+    parser.add_argument(
+        "--sex", type=_sex_option, default="mixed", metavar="{F,M,mixed}",
+        help="F or M (female/male, any case) for every subject, or mixed (default)",
+    )  # fmt: skip
     parser.add_argument(
         "--female-fraction", type=float, default=0.5, help="share of females when --sex mixed (default 0.5)"
     )
@@ -52,6 +68,16 @@ def add_cohort_arguments(
     parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
     parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
+
+
+def _sex_option(text: str) -> str:
+    """``--sex``: F/M in any case, female/male, or mixed; stored as BIDS F/M."""
+    if text.strip().lower() == "mixed":
+        return "mixed"
+    try:
+        return normalise_sex(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, or mixed") from err
 
 
 def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
@@ -72,6 +98,10 @@ def _explicit_subjects(args: argparse.Namespace) -> list[SubjectSpec] | None:
              args.brain_range]  # fmt: skip
     if any(v is not None for v in fixed) or args.sex != "mixed":
         raise UsageError("--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range")
+    if not Path(args.subjects).is_file():
+        raise UsageError(f"--subjects {args.subjects} does not exist")
+    if args.seed_required and args.seed is None and not tsv_has_column(args.subjects, "seed"):
+        raise UsageError(f"--seed is required: {args.subjects} has no seed column to regenerate its subjects from")
     subjects = read_subjects_tsv(args.subjects, args.seed or 0)
     if args.n is not None and args.n != len(subjects):
         raise UsageError(f"--n {args.n} but {args.subjects} lists {len(subjects)} subjects")
@@ -95,6 +125,8 @@ def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> lis
     explicit = _explicit_subjects(args)
     if explicit is not None:
         return explicit
+    if args.seed is None:
+        raise UsageError("--seed is required with --n: every subject's seed derives from it")
     design = CohortDesign(args.n, args.seed, _female_fraction(args), **_spans(args))
     return design_subjects(design, ranges, extrapolate=args.extrapolate)
 

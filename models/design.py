@@ -40,6 +40,11 @@ def subject_seed(cohort_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & SEED_MASK
 
 
+#: Subjects sampled together (one UNet batch) by default, locally and per service task: a subject's bytes
+#: depend (within 1e-5) on its batch, so the same default gives the same bytes from `sample` and the API.
+DEFAULT_BATCH_SIZE = 4
+
+
 def check_sampler(sampler: str, steps: int, num_train_timesteps: int) -> None:
     """Refuse a sampler/step combination the sampler cannot run (see :func:`models.sampling.build_scheduler`).
 
@@ -146,6 +151,27 @@ def design_subjects(
     return subjects
 
 
+def normalise_sex(text: str) -> str:
+    """``F``/``M`` from F, M, female or male in any case (BIDS participants.tsv stores F/M).
+
+    Raises:
+        ValueError: anything else.
+    """
+    value = {"f": "F", "female": "F", "m": "M", "male": "M"}.get(str(text).strip().lower())
+    if value is None:
+        raise ValueError(f"sex must be F or M (or female/male), got {text!r}")
+    return value
+
+
+def tsv_has_column(path: Path, column: str) -> bool:
+    """Whether the tab-separated file's header names ``column`` (False if the file cannot be read)."""
+    try:
+        with open(path, newline="") as handle:
+            return column in next(csv.reader(handle, delimiter="\t"), [])
+    except OSError:
+        return False
+
+
 def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
     """Subjects listed in a TSV with columns age, sex, ventricular_volume_mm3, brain_volume_mm3 and,
     optionally, participant_id and seed (a participants.tsv of an earlier cohort regenerates it).
@@ -167,7 +193,7 @@ def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
             where = f"{path} row {index + 2}"
             try:
                 covariates = Covariates(
-                    sex=row["sex"].strip().upper(),  # type: ignore[arg-type]
+                    sex=normalise_sex(row["sex"]),  # type: ignore[arg-type]
                     age=float(row["age"]),
                     ventricular_volume_mm3=float(row["ventricular_volume_mm3"]),
                     brain_volume_mm3=float(row["brain_volume_mm3"]),

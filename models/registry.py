@@ -85,5 +85,5 @@ def resolve_model_dir(name_or_dir: str | Path) -> Path:
             f"model {name!r} is a preset without trained weights in this installation: "
             "pass a model directory with weights (--model DIR)"
         )
-    known = ", ".join(entry.name for entry in list_models())
+    known = ", ".join(entry.name for entry in list_models(check_networks=False))
     raise ModelNotFoundError(f"no model or model directory named {name!r} (known models: {known})")

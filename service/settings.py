@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import NoDecode
 
+from models.design import DEFAULT_BATCH_SIZE
 from worker.config import WorkerSettings
 
 
@@ -45,7 +46,7 @@ class ServiceSettings(WorkerSettings):
     presign_expiry_s: int = Field(300, ge=5, le=3600)
     page_size_max: int = Field(100, ge=1)
     #: Subjects sampled together by a worker (one UNet batch per task); part of how a subject's bytes are made.
-    subjects_per_task: int = Field(4, ge=1, le=16)
+    subjects_per_task: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=16)
     #: A request retries object storage this long, then answers 503 (workers retry ``storage_retry_s``).
     request_storage_retry_s: float = Field(5.0, ge=0.5)
     #: Origins whose browser pages may call the API (``BRAINSYNTH_CORS_ORIGINS``, JSON list); none by default.

@@ -189,3 +189,54 @@ def test_submit_with_a_local_model_directory_says_to_register_it(
                          "--api-key", "k"])  # fmt: skip
     assert code == 2
     assert f"brainsynth models register {tiny_model_dir}" in capsys.readouterr().err
+
+
+def test_sex_words_and_seeds_from_the_subjects_file(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """female/male in any case in flags and TSVs (stored F/M); a participants.tsv with seeds needs no --seed."""
+    table = tmp_path / "participants.tsv"
+    table.write_text(
+        "age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\tseed\n"
+        "63\tfemale\t30000\t1500000\t11\n70\tMALE\t45000\t1400000\t22\n"
+    )
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--out", str(out),
+                            "--steps", "2"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [(r["sex"], r["seed"]) for r in rows] == [("F", "11"), ("M", "22")]
+    out2 = tmp_path / "women"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--seed", "3", "--sex", "Female",
+                            "--out", str(out2), "--steps", "2"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    assert {r["sex"] for r in csv.DictReader((out2 / "participants.tsv").read_text().splitlines(), delimiter="\t")} == {
+        "F"
+    }
+    seedless = tmp_path / "seedless.tsv"
+    seedless.write_text("age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\n63\tF\t30000\t1500000\n")
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(seedless), "--out",
+                            str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == 2 and "--seed is required" in stderr and "no seed column" in stderr
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "--seed is required with --n" in stderr
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--seed", "1", "--sex", "x",
+                            "--out", str(tmp_path / "z")], capsys)  # fmt: skip
+    assert code == 2 and "sex must be F or M" in stderr
+
+
+def test_argument_errors_are_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """A typo costs a fraction of a second: every check of the user's input runs before torch loads."""
+    import subprocess
+    import sys
+
+    cases = [["--n", "2", "--seed", "1", "--age", "300"], ["--n", "2", "--seed", "1", "--sex", "x"],
+             ["--n", "2", "--seed", "1", "--steps", "5000"], ["--subjects", str(tmp_path / "missing.tsv")]]  # fmt: skip
+    for extra in cases:
+        script = (
+            "import sys\nfrom models.cli import main\n"
+            f"code = main(['sample', '--model', 'demo', '--out', {str(tmp_path / 'o')!r}, *{extra!r}])\n"
+            "print(code, 'torch' in sys.modules)"
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert result.stdout.split()[-2:] in (["1", "False"], ["2", "False"]), (extra, result.stdout, result.stderr)
