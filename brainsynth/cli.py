@@ -11,7 +11,8 @@ from service.cli import COMMANDS as SERVICE_COMMANDS
 USAGE = """usage: brainsynth COMMAND [options]   (brainsynth COMMAND --help for its options)
 
 models and sampling on this machine:
-  models     list registered models (models import-bundle DIR: import the released weights)
+  models     list registered models (models register DIR: add a trained one; models import-bundle DIR:
+             import the released weights)
   sample     generate a cohort and write it as a BIDS dataset
   phantoms   write MNI152 phantoms with known volumes (training data)
   train      train a model's autoencoder, then its diffusion UNet (or the volume probe)
@@ -24,6 +25,11 @@ the service:
   wait       show progress until a cohort finishes
   download   download a finished cohort and unpack it
   cancel     cancel a cohort
+  list       your cohorts, newest first
+  subjects   a cohort's subjects: covariates, seed, status
+  delete     delete a finished or canceled cohort
+
+  --version  print the version
 """
 
 
@@ -32,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if args else 2
+    if args[0] == "--version":
+        from models.bids import package_version
+
+        print(f"brainsynth {package_version()}")
+        return 0
     if args[0] in SERVICE_COMMANDS:
         from service.cli import main as service_main
 

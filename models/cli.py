@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.cli_args import Parser, UsageError, add_cohort_arguments, cohort_subjects
+from models.cli_args import Parser, UsageError, add_cohort_arguments, cli_message, cohort_subjects
 from models.config import read_model_config
 from models.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler
 from models.errors import BrainSynthError
@@ -459,10 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_evaluate(args)
         return _cmd_sample(args)
     except UsageError as err:
-        print(f"brainsynth: error: {err}", file=sys.stderr)
+        print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
         return 2
     except (BrainSynthError, OSError) as err:
-        print(f"brainsynth: error: {err}", file=sys.stderr)
+        print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("brainsynth: interrupted", file=sys.stderr)

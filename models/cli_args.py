@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from models.conditioning import ConditioningRanges
+from models.conditioning import EXTRAPOLATE_HINT, ConditioningRanges
 from models.design import (
+    FEWER_STEPS_HINT,
     SAMPLERS,
     CohortDesign,
     Span,
@@ -23,6 +24,21 @@ from models.design import (
 
 class UsageError(Exception):
     """Bad command-line arguments (printed as one line, exit code 2)."""
+
+
+#: Request fields as the command line spells them, for messages that come from the model layer or the API.
+_FLAG_WORDING = {
+    EXTRAPOLATE_HINT: "pass --extrapolate to go beyond it",
+    FEWER_STEPS_HINT: "use --sampler ddim or pndm for fewer steps",
+}
+
+
+def cli_message(err: BaseException) -> str:
+    """``err``'s message in the command line's words (``--extrapolate`` where the API says ``extrapolate``)."""
+    message = str(err)
+    for api, cli in _FLAG_WORDING.items():
+        message = message.replace(api, cli)
+    return message
 
 
 class Parser(argparse.ArgumentParser):

@@ -30,6 +30,10 @@ EXTRAPOLATION_BOUNDS: tuple[float, float] = (-0.5, 1.9)
 #: Covariate field names, in the order of the model's conditioning vector (sex first).
 FIELDS: tuple[str, ...] = ("sex", "age", "ventricular_volume_mm3", "brain_volume_mm3")
 
+#: How an out-of-range value is allowed, in the API's words (the CLI says ``--extrapolate``: see
+#: :func:`models.cli_args.cli_message`).
+EXTRAPOLATE_HINT = "set extrapolate to true to go beyond it"
+
 
 class CovariateRange(BaseModel):
     """The min-max range of one continuous covariate, in physical units."""
@@ -135,7 +139,7 @@ def normalise(
             raise ConditioningError(
                 field,
                 f"{value} {spec.unit} is outside the training range {spec.min:g}-{spec.max:g} {spec.unit}; "
-                "pass extrapolate (--extrapolate) to go beyond it",
+                + EXTRAPOLATE_HINT,
             )
         vector.append(scaled)
     return vector[0], vector[1], vector[2], vector[3]

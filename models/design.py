@@ -40,6 +40,9 @@ def subject_seed(cohort_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & SEED_MASK
 
 
+#: The way to fewer steps than DDPM's, in the API's words (the CLI says ``--sampler``).
+FEWER_STEPS_HINT = "choose the ddim or pndm sampler for fewer steps"
+
 #: Subjects sampled together (one UNet batch) by default, locally and per service task: a subject's bytes
 #: depend (within 1e-5) on its batch, so the same default gives the same bytes from `sample` and the API.
 DEFAULT_BATCH_SIZE = 4
@@ -60,8 +63,7 @@ def check_sampler(sampler: str, steps: int, num_train_timesteps: int) -> None:
         raise SamplingError(f"steps must be at least 2 for dpmpp2m, got {steps}", field="sampler.steps")
     if sampler == "ddpm" and steps != total:
         raise SamplingError(
-            f"steps must be {total} for ddpm (its update assumes consecutive timesteps); "
-            "use --sampler ddim or pndm for fewer steps",
+            f"steps must be {total} for ddpm (its update assumes consecutive timesteps); " + FEWER_STEPS_HINT,
             field="sampler.steps",
         )
 

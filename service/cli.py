@@ -15,12 +15,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from models.cli_args import Parser, UsageError, add_cohort_arguments, cohort_request
+from models.cli_args import Parser, UsageError, add_cohort_arguments, cli_message, cohort_request
 from models.errors import BrainSynthError
 from service.client import FINAL_STATES, BrainSynthClient, ClientError
 from service.localstack import ServerError
 
-COMMANDS = ("up", "submit", "status", "wait", "download", "cancel")
+COMMANDS = ("up", "submit", "status", "wait", "download", "cancel", "list", "subjects", "delete")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -75,6 +75,17 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("cohort_id")
         sub.add_argument("--json", action="store_true", help="print the status as JSON")
         client_options(sub)
+    listing = commands.add_parser("list", help="your cohorts, newest first")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    client_options(listing)
+    subjects = commands.add_parser("subjects", help="a cohort's subjects: covariates, seed, status")
+    subjects.add_argument("cohort_id")
+    subjects.add_argument("--json", action="store_true", help="print them as JSON (with download URLs)")
+    client_options(subjects)
+    delete = commands.add_parser("delete", help="delete a finished or canceled cohort and all its files")
+    delete.add_argument("cohort_id")
+    client_options(delete)
     download = commands.add_parser("download", help="download a finished cohort and unpack it")
     download.add_argument("cohort_id")
     download.add_argument("--out", type=Path, required=True, help="folder to unpack into (cohort-ID/ inside)")
@@ -89,6 +100,8 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
         return
     progress = status["progress"]
     line = f"{status['id']}  {status['status']:<9}  {progress['done']}/{progress['total']} subjects"
+    if status.get("request", {}).get("name"):
+        line += f"  {status['request']['name']}"
     print(line + (f"  error: {status['error']}" if status.get("error") else ""))
 
 
@@ -148,6 +161,34 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
 
 
+def _list(client: BrainSynthClient, limit: int, as_json: bool) -> int:
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    cohorts: list[dict[str, Any]] = []
+    token = None
+    while len(cohorts) < limit:
+        page = client.list(page_size=min(100, limit - len(cohorts)), page_token=token)
+        cohorts += page["cohorts"]
+        token = page.get("next_page_token")
+        if not token:
+            break
+    if as_json:
+        print(json.dumps(cohorts, indent=2))
+        return 0
+    for status in cohorts:
+        print(f"{status['created_at'][:19]}  ", end="")
+        _print_status(status, False)
+    return 0
+
+
+def _print_subjects(rows: list[dict[str, Any]]) -> None:
+    header = ("participant_id", "sex", "age", "ventricular_mm3", "brain_mm3", "seed", "status")
+    print(f"{header[0]:<15} {header[1]:<4} {header[2]:>6} {header[3]:>16} {header[4]:>12} {header[5]:>20} {header[6]}")
+    for r in rows:
+        print(f"{r['participant_id']:<15} {r['sex']:<4} {r['age']:>6.1f} {r['ventricular_volume_mm3']:>16,.0f} "
+              f"{r['brain_volume_mm3']:>12,.0f} {r['seed']:>20} {r['status']}")  # fmt: skip
+
+
 def _client(args: argparse.Namespace) -> BrainSynthClient:
     return BrainSynthClient(args.url, args.api_key or "")
 
@@ -186,15 +227,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "cancel":
                 _print_status(client.cancel(args.cohort_id), args.json)
                 return 0
+            if args.command == "list":
+                return _list(client, args.limit, args.json)
+            if args.command == "subjects":
+                rows = client.subjects(args.cohort_id)
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                    return 0
+                _print_subjects(rows)
+                return 0
+            if args.command == "delete":
+                client.delete(args.cohort_id)
+                print(f"deleted {args.cohort_id}")
+                return 0
             with tqdm(unit="B", unit_scale=True, desc="download", file=sys.stderr) as bar:
                 path = client.download(args.cohort_id, args.out, on_bytes=bar.update, extract=not args.keep_zip)
             print(path.resolve())
             return 0
     except UsageError as err:
-        print(f"brainsynth: error: {err}", file=sys.stderr)
+        print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
         return 2
     except (ClientError, ServerError, BrainSynthError, OSError) as err:
-        print(f"brainsynth: error: {err}", file=sys.stderr)
+        print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("brainsynth: interrupted", file=sys.stderr)

@@ -27,3 +27,18 @@ def test_api_server_and_client_never_import_torch() -> None:
     for module in ("service.app", "service.cli", "service.client", "brainsynth.cli", "worker.state"):
         loaded = _modules_after_import(module)
         assert "torch" not in loaded and "monai" not in loaded, module
+
+
+def test_the_top_level_usage_lists_every_command_and_the_version(capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from brainsynth.cli import USAGE, main
+    from models.cli import _build_parser as models_parser
+    from service.cli import _build_parser as service_parser
+
+    for build in (models_parser, service_parser):
+        commands = next(a for a in build()._actions if isinstance(a, argparse._SubParsersAction))
+        for name in commands.choices:
+            assert f"\n  {name} " in USAGE, name
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("brainsynth ")

@@ -124,6 +124,7 @@ def test_every_bad_request_is_a_4xx_naming_the_field(stack: LocalStack, client: 
     for body, field in cases:
         response = client.http.post("/v1/cohorts", json=body)
         assert response.status_code == 422, (body, response.text)
+        assert "--" not in response.text, response.text  # the API names its fields, never CLI flags
         locations = [item["loc"][1:] for item in response.json()["detail"]]
         assert any(loc[: len(field)] == field for loc in locations), (field, response.json())
     json_type = {"Content-Type": "application/json"}
@@ -281,6 +282,17 @@ def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, caps
     dataset = Path(capsys.readouterr().out.strip())
     rows = (dataset / "participants.tsv").read_text().splitlines()[1:]
     assert [row.split("\t")[2] for row in rows] == ["F", "F"]
+    assert main(["subjects", cohort_id, *common]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("participant_id") and [line.split()[0] for line in listed[1:]] == [
+        "sub-000001", "sub-000002"
+    ]  # fmt: skip
+    assert main(["list", "--limit", "3", *common]) == 0
+    assert cohort_id in capsys.readouterr().out
+    assert main(["delete", cohort_id, *common]) == 0
+    assert f"deleted {cohort_id}" in capsys.readouterr().out
+    assert main(["status", cohort_id, *common]) == 1
+    capsys.readouterr()
     assert main(["status", "0" * 32, *common]) == 1
     assert "not found" in capsys.readouterr().err
     assert main(["status", cohort_id, "--url", stack.url, "--api-key", "wrong"]) == 1
