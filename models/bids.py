@@ -38,6 +38,8 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
     "ventricular_volume_normalised",
     "brain_volume_normalised",
     "seed",
+    "sampler",
+    "steps",
 )
 
 
@@ -72,6 +74,9 @@ class SubjectRecord:
     covariates: Covariates
     conditioning: tuple[float, float, float, float]
     seed: int
+    #: how it was sampled (``None``, written ``n/a``, for images that were not: phantoms)
+    sampler: str | None = None
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,11 @@ def participants_json(config: ModelConfig) -> dict[str, Any]:
         "ventricular_volume_normalised": normalised("ventricular volume"),
         "brain_volume_normalised": normalised("brain volume"),
         "seed": {
-            "Description": "per-subject seed; with the same model, sampler and conditioning it "
+            "Description": "per-subject seed; with the same model, sampler, steps and conditioning it "
             "regenerates this subject (brainsynth sample --subjects)"
         },
+        "sampler": {"Description": "the sampler that made the subject (ddim, ddpm, pndm or dpmpp2m)"},
+        "steps": {"Description": "its number of denoising steps"},
     }
 
 
@@ -184,6 +191,8 @@ def participants_tsv(records: list[SubjectRecord]) -> str:
             c.brain_volume_mm3,
             *record.conditioning,
             record.seed,
+            "n/a" if record.sampler is None else record.sampler,
+            "n/a" if record.steps is None else record.steps,
         )
         lines.append("\t".join(_format(v) for v in row))
     return "\n".join(lines) + "\n"

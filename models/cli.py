@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.cli_args import Parser, UsageError, add_cohort_arguments, cli_message, cohort_subjects
+from models.cli_args import (
+    Parser,
+    UsageError,
+    add_cohort_arguments,
+    cli_message,
+    cohort_subjects,
+    resolve_sampling,
+)
 from models.config import read_model_config
 from models.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler
 from models.errors import BrainSynthError
@@ -413,8 +420,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
     model_dir = resolve_model_dir(args.model)
     config = read_model_config(model_dir, check_networks=False)
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.sampler]
-    check_sampler(args.sampler, steps, config.scheduler.num_train_timesteps)
+    sampler, given_steps = resolve_sampling(args)
+    steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
+    check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
     subjects = cohort_subjects(args, config.conditioning)
     execution = Execution(args.precision, args.channels_last, args.compile, args.decode_slab, args.decode_offload)
 
@@ -434,14 +442,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             pipeline,
             subjects,
             args.out,
-            sampler=args.sampler,
+            sampler=sampler,
             num_inference_steps=steps,
             batch_size=args.batch_size,
             dtype=args.dtype,
             extrapolate=args.extrapolate,
             callback=progress,
         )
-    print(f"wrote {len(subjects)} subjects ({config.name}, {args.sampler} {steps} steps) to {args.out.resolve()}")
+    print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")
     return 0
 
 

@@ -19,6 +19,7 @@ from models.design import (
     normalise_sex,
     read_subjects_tsv,
     tsv_has_column,
+    tsv_sampling,
 )
 
 
@@ -80,7 +81,9 @@ def add_cohort_arguments(
     brain.add_argument("--brain-volume", type=float, metavar="B", help="head-size-normalised brain volume, mm3")
     brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
     parser.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim")
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
+    )
     parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
     parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
@@ -136,6 +139,24 @@ def _female_fraction(args: argparse.Namespace) -> float:
     return {"F": 1.0, "M": 0.0}.get(args.sex, args.female_fraction)
 
 
+def resolve_sampling(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The sampler and steps (``None``: the sampler's default) to use: as given, or for a ``--subjects``
+    file that records them (a participants.tsv of an earlier cohort), the file's; other settings than the
+    file's would make other images than its subjects, so they are refused rather than silently used."""
+    recorded = tsv_sampling(args.subjects) if args.subjects is not None and Path(args.subjects).is_file() else None
+    if recorded is None:
+        return args.sampler or "ddim", args.steps
+    sampler, steps = recorded
+    if args.sampler not in (None, sampler) or args.steps not in (None, steps):
+        asked = f"{args.sampler or sampler} {args.steps if args.steps is not None else steps}"
+        raise UsageError(
+            f"{args.subjects} was made with {sampler} {steps} steps, and --sampler/--steps ask for {asked}: its "
+            "subjects would come out as other images. Drop --sampler/--steps to regenerate them, or delete the "
+            "file's sampler and steps columns to sample new ones"
+        )
+    return sampler, steps
+
+
 def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> list[SubjectSpec]:
     """Every subject the options describe (for local sampling)."""
     explicit = _explicit_subjects(args)
@@ -150,7 +171,8 @@ def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> lis
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
-    request["sampler"] = {"name": args.sampler, **({"steps": args.steps} if args.steps is not None else {})}
+    sampler, steps = resolve_sampling(args)
+    request["sampler"] = {"name": sampler, **({"steps": steps} if steps is not None else {})}
     if args.seed is not None:
         request["seed"] = args.seed
     explicit = _explicit_subjects(args)

@@ -33,7 +33,9 @@ def subject_files(
     config: ModelConfig, spec: SubjectSpec, sample: SubjectSample, settings: SamplerSettings, device: str
 ) -> tuple[SubjectRecord, dict[str, bytes]]:
     """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar."""
-    record = SubjectRecord(spec.participant_id, spec.covariates, sample.conditioning, spec.seed)
+    record = SubjectRecord(
+        spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps
+    )
     image = to_nifti(
         sample.volume,
         np.asarray(config.affine),

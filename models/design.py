@@ -174,6 +174,27 @@ def tsv_has_column(path: Path, column: str) -> bool:
         return False
 
 
+def tsv_sampling(path: Path) -> tuple[str, int] | None:
+    """The (sampler, steps) a participants.tsv records for all its subjects, else ``None``.
+
+    Raises:
+        ConditioningError: the rows disagree (a file mixing settings cannot be regenerated in one run).
+    """
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    found = {(r.get("sampler") or "n/a", r.get("steps") or "n/a") for r in rows}
+    found.discard(("n/a", "n/a"))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConditioningError("subjects", f"{path} mixes samplers/steps {sorted(found)}: split it by setting")
+    sampler, steps = found.pop()
+    try:
+        return sampler, int(steps)
+    except ValueError as err:
+        raise ConditioningError("subjects", f"{path}: steps must be an integer, got {steps!r}") from err
+
+
 def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
     """Subjects listed in a TSV with columns age, sex, ventricular_volume_mm3, brain_volume_mm3 and,
     optionally, participant_id and seed (a participants.tsv of an earlier cohort regenerates it).

@@ -106,7 +106,9 @@ def _record_from_sidecar(participant: str, sidecar: dict) -> SubjectRecord:
     c = sidecar["Conditioning"]
     covariates = Covariates(c["sex"], c["age"], c["ventricular_volume_mm3"], c["brain_volume_mm3"])
     values = tuple(float(v) for v in c["normalised"]["values"])
-    return SubjectRecord(participant, covariates, values, int(sidecar["Seed"]))  # type: ignore[arg-type]
+    return SubjectRecord(
+        participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"])
+    )  # type: ignore[arg-type]
 
 
 def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -> list[str]:

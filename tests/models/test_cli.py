@@ -240,3 +240,25 @@ def test_argument_errors_are_answered_before_torch_is_imported(tmp_path: Path) -
         )
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert result.stdout.split()[-2:] in (["1", "False"], ["2", "False"]), (extra, result.stdout, result.stderr)
+
+
+def test_participants_tsv_records_how_to_regenerate_and_other_settings_are_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tmp_path / "first"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "3", "--seed", "8", "--steps", "4",
+                            "--out", str(first)], capsys)  # fmt: skip
+    assert code == 0, stderr
+    table = first / "participants.tsv"
+    rows = list(csv.DictReader(table.read_text().splitlines(), delimiter="\t"))
+    assert {(r["sampler"], r["steps"]) for r in rows} == {("ddim", "4")}
+    again = tmp_path / "again"  # no --seed, --sampler or --steps: all from the file
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--out", str(again)],
+                           capsys)  # fmt: skip
+    assert code == 0, stderr
+    for row in rows:
+        name = f"{row['participant_id']}/anat/{row['participant_id']}_T1w.nii.gz"
+        assert (again / name).read_bytes() == (first / name).read_bytes()
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--steps", "50",
+                            "--out", str(tmp_path / "other")], capsys)  # fmt: skip
+    assert code == 2 and "was made with ddim 4 steps" in stderr and "ddim 50" in stderr

@@ -12,14 +12,18 @@ from PIL import Image
 
 from models.cli import main
 from models.evaluate import ms_ssim_pairs
-from models.nifti import grid_affine
+from models.nifti import mni_centred_affine
 from models.phantoms import write_phantom_cohort
 from models.volumes import ProbeError, VolumeProbe, agreement, pearson_r
 from tests.conftest import make_model_dir, tiny_config
 
 #: The smallest grid MS-SSIM with 3 scales and a 5-voxel kernel admits (> 16 voxels a side).
 CONFIG = tiny_config("tiny8").model_copy(
-    update={"image_shape": (20, 28, 20), "voxel_size_mm": (8.0, 8.0, 8.0), "affine": grid_affine(8.0)}
+    update={
+        "image_shape": (20, 28, 20),
+        "voxel_size_mm": (8.0, 8.0, 8.0),
+        "affine": mni_centred_affine((20, 28, 20), 8.0),
+    }
 )
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from models.cli import main
-from models.nifti import grid_affine
+from models.nifti import mni_centred_affine
 from models.phantoms import PhantomTargets, erode_tissue, load_template, make_phantom
 
-SHAPE = (40, 56, 40)  # the paper's field of view at 4 mm
-AFFINE = np.array(grid_affine(4.0))
+SHAPE = (40, 56, 40)  # the demo grid: 4 mm, centred on the MNI152 brain
+AFFINE = np.array(mni_centred_affine(SHAPE, 4.0))
 TARGETS = PhantomTargets("F", 63.0, 20000.0, 1500000.0, 1.0)
 
 
@@ -56,7 +56,7 @@ def test_cli_writes_a_phantom_bids_dataset(tmp_path: Path, capsys: pytest.Captur
     from tests.conftest import make_model_dir, tiny_config
 
     grid = tiny_config().model_copy(
-        update={"image_shape": SHAPE, "voxel_size_mm": (4.0,) * 3, "affine": grid_affine(4.0)}
+        update={"image_shape": SHAPE, "voxel_size_mm": (4.0,) * 3, "affine": mni_centred_affine(SHAPE, 4.0)}
     )
     model_dir = make_model_dir(tmp_path / "grid-model", grid)
     out = tmp_path / "phantoms"
