@@ -18,7 +18,7 @@ from models.cli_args import (
     resolve_sampling,
 )
 from models.config import read_model_config
-from models.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler
+from models.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler, unprintable
 from models.errors import BrainSynthError
 from models.execution import Execution
 from models.presets import PRESETS, ukb
@@ -420,6 +420,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
     model_dir = resolve_model_dir(args.model)
     config = read_model_config(model_dir, check_networks=False)
+    for author in args.authors or []:
+        if found := unprintable(author):
+            raise UsageError(f"--authors {author!r} holds a control or invisible character ({found})")
     sampler, given_steps = resolve_sampling(args)
     steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
     check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
@@ -447,6 +450,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             dtype=args.dtype,
             extrapolate=args.extrapolate,
+            authors=args.authors,
             callback=progress,
         )
     print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")

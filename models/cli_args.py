@@ -87,6 +87,7 @@ def add_cohort_arguments(
     parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
     parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
+    parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
 
 
 def _sex_option(text: str) -> str:
@@ -171,6 +172,8 @@ def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> lis
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
+    if args.authors:
+        request["authors"] = args.authors
     sampler, steps = resolve_sampling(args)
     request["sampler"] = {"name": sampler, **({"steps": steps} if steps is not None else {})}
     if args.seed is not None:

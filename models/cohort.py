@@ -5,19 +5,20 @@ Who the cohort contains is decided by :mod:`models.design`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from models.bids import (
+    DEFAULT_COHORT_NAME,
+    MANIFEST,
     SamplerSettings,
     SubjectRecord,
-    dataset_description,
-    dataset_readme,
+    dataset_files,
     dumps,
-    participants_json,
-    participants_tsv,
+    manifest,
     sidecar_path,
     t1w_path,
     t1w_sidecar,
@@ -59,12 +60,14 @@ def write_cohort(
     batch_size: int = 1,
     dtype: OutputDType = "float32",
     extrapolate: bool = False,
-    cohort_name: str = "BrainSynth synthetic cohort",
+    cohort_name: str = DEFAULT_COHORT_NAME,
+    authors: Sequence[str] | None = None,
     callback: ProgressCallback | None = None,
 ) -> Path:
     """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
 
-    Files are written per batch as subjects finish; ``participants.tsv`` is written last.
+    Subjects are written per batch as they finish, then the dataset-level files (the same as the service's
+    archive: :func:`models.bids.dataset_files`), then ``SHA256SUMS`` of every file, last.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -73,9 +76,6 @@ def write_cohort(
     for spec in subjects:  # fail before any compute
         normalise(spec.covariates, config.conditioning, extrapolate=extrapolate)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dataset_description.json").write_text(dumps(dataset_description(config, cohort_name)))
-    (out_dir / "README").write_text(dataset_readme(config, cohort_name))
-    (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype, pipeline.execution)
     records: list[SubjectRecord] = []
     total = len(subjects) * (num_inference_steps + 1)
@@ -103,5 +103,12 @@ def write_cohort(
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)
             records.append(record)
-    (out_dir / "participants.tsv").write_text(participants_tsv(records))
+    for relative, text in dataset_files(config, cohort_name, records, authors).items():
+        (out_dir / relative).write_text(text)
+    digests = [
+        (path.relative_to(out_dir).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in out_dir.rglob("*")
+        if path.is_file()
+    ]
+    (out_dir / MANIFEST).write_text(manifest(digests))
     return out_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -151,6 +152,15 @@ def design_subjects(
         )
         subjects.append(SubjectSpec(participant_id(i), covariates, subject_seed(design.seed, i)))
     return subjects
+
+
+def unprintable(text: str) -> str | None:
+    """The first control or invisible character of ``text`` as ``U+XXXX`` (they would land raw in the
+    dataset's README and JSON), else ``None``."""
+    for char in text:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            return f"U+{ord(char):04X}"
+    return None
 
 
 def normalise_sex(text: str) -> str:

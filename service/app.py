@@ -35,7 +35,7 @@ from minio import Minio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.bids import participant_id, sidecar_path, t1w_path
+from models.bids import MANIFEST, participant_id, sidecar_path, t1w_path
 from models.conditioning import Covariates, normalise
 from models.design import (
     DEFAULT_STEPS,
@@ -65,7 +65,6 @@ from worker.liveness import live_workers
 from worker.queue import create_app as create_celery
 from worker.state import (
     FINAL,
-    MANIFEST,
     CohortRecord,
     CohortState,
     Status,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import unicodedata
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.design import SEED_MASK
+from models.design import SEED_MASK, unprintable
 
 #: Unknown fields refused; no coercion: "3", 3.0 or true are not an integer, "yes" is not a boolean.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -98,6 +97,9 @@ class CohortRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=128)
     name: str | None = Field(None, max_length=200, description="dataset name in dataset_description.json")
+    authors: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=50, description="dataset authors in dataset_description.json"
+    )
     n_subjects: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0, le=SEED_MASK, description="cohort seed; drawn by the server if omitted")
     covariates: CovariatesIn | None = None
@@ -108,12 +110,18 @@ class CohortRequest(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _printable(cls, name: str | None) -> str | None:
-        if name is not None:
-            for char in name:
-                if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-                    raise ValueError(f"must not contain control or invisible characters (found U+{ord(char):04X})")
+    def _printable_name(cls, name: str | None) -> str | None:
+        if name is not None and (found := unprintable(name)):
+            raise ValueError(f"must not contain control or invisible characters (found {found})")
         return name
+
+    @field_validator("authors")
+    @classmethod
+    def _printable_authors(cls, authors: list[str] | None) -> list[str] | None:
+        for author in authors or []:
+            if found := unprintable(author):
+                raise ValueError(f"must not contain control or invisible characters (found {found})")
+        return authors
 
     @model_validator(mode="after")
     def _one_form(self) -> CohortRequest:

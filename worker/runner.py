@@ -11,13 +11,12 @@ import json
 from collections.abc import Callable
 
 from models.bids import (
+    DEFAULT_COHORT_NAME,
+    MANIFEST,
     SamplerSettings,
     SubjectRecord,
-    dataset_description,
-    dataset_readme,
-    dumps,
-    participants_json,
-    participants_tsv,
+    dataset_files,
+    manifest,
     sidecar_path,
     t1w_path,
 )
@@ -28,12 +27,9 @@ from models.design import SubjectSpec
 from models.errors import GenerationStopped
 from models.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
-from worker.state import MANIFEST, StoredCohort, bids_prefix, cohort_json_key
+from worker.state import StoredCohort, bids_prefix, cohort_json_key
 from worker.storage import ObjectStore
 from worker.writer import BackgroundWriter
-
-#: Default dataset name when the request gives none.
-DEFAULT_COHORT_NAME = "BrainSynth synthetic cohort"
 
 
 def generate_subjects(
@@ -126,23 +122,13 @@ def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -
         key = prefix + sidecar_path(subject.participant_id)
         if key in keys:
             records.append(_record_from_sidecar(subject.participant_id, json.loads(store.get_bytes(key))))
-    dataset_files = {
-        "dataset_description.json": dumps(dataset_description(config, name)),
-        "README": dataset_readme(config, name),
-        "participants.json": dumps(participants_json(config)),
-        "participants.tsv": participants_tsv(records),
-        ".bidsignore": MANIFEST + "\n",
-    }
-    for relative, text in dataset_files.items():
+    for relative, text in dataset_files(config, name, records, stored.request.get("authors")).items():
         store.put_bytes(prefix + relative, text.encode(), "text/plain")
-    lines = []
+    digests = []
     for key in store.list_keys(prefix):
-        relative = key[len(prefix) :]
-        if relative == MANIFEST:
-            continue
         digest = hashlib.sha256()
         for chunk in store.stream(key):
             digest.update(chunk)
-        lines.append(f"{digest.hexdigest()}  {relative}\n")
-    store.put_bytes(prefix + MANIFEST, "".join(lines).encode(), "text/plain")
+        digests.append((key[len(prefix) :], digest.hexdigest()))
+    store.put_bytes(prefix + MANIFEST, manifest(digests).encode(), "text/plain")
     return [r.participant_id for r in records]

@@ -98,9 +98,6 @@ def state_json_key(tenant: str, cohort_id: str) -> str:
     return cohort_prefix(tenant, cohort_id) + "state.json"
 
 
-#: The cohort manifest: ``sha256  path`` for every file of the dataset, written last (the commit marker).
-MANIFEST = "SHA256SUMS"
-
 # Move a cohort to ARGV[1] if its status is one of ARGV[4..]; keeps the tenant's active set in step.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')

@@ -50,6 +50,10 @@ def test_sample_writes_a_cohort(tiny_model_dir: Path, tmp_path: Path, capsys: py
     assert code == 0, stderr
     assert str(out.resolve()) in stdout and "wrote 3 subjects" in stdout
     assert "sampling 3 subjects" in stderr  # the progress bar
+    from service.client import verify_manifest
+
+    # the same dataset-level files as the service's archive, SHA256SUMS (checked) and .bidsignore included
+    assert verify_manifest(out) == 3 * 2 + 5
     with open(out / "participants.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert len(rows) == 3

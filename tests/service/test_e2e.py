@@ -49,6 +49,7 @@ def test_a_cohort_goes_from_post_to_a_bids_archive(stack: LocalStack, client: Br
     body = {
         "model": "tiny",
         "name": "e2e cohort",
+        "authors": ["A. Researcher", "B. Researcher"],
         "n_subjects": 3,
         "seed": 7,
         "covariates": {
@@ -75,9 +76,11 @@ def test_a_cohort_goes_from_post_to_a_bids_archive(stack: LocalStack, client: Br
     assert verify_manifest(dataset) == 3 * 2 + 5  # subjects' NIfTI + sidecar, 4 dataset files + .bidsignore
     description = json.loads((dataset / "dataset_description.json").read_text())
     assert description["Name"] == "e2e cohort" and description["DatasetType"] == "raw"
+    assert description["Authors"] == ["A. Researcher", "B. Researcher"]
     with open(dataset / "participants.tsv", newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert [r["participant_id"] for r in rows] == ["sub-000001", "sub-000002", "sub-000003"]
+    assert {(r["sampler"], r["steps"]) for r in rows} == {("ddim", "10")}  # how to regenerate them
     assert {r["sex"] for r in rows} <= {"F", "M"} and sorted(r["sex"] for r in rows).count("F") == 2
     assert all(50 <= float(r["age"]) <= 80 and float(r["brain_volume_mm3"]) == 1500000 for r in rows)
     config = tiny_config()
