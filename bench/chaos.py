@@ -265,48 +265,66 @@ DISTURBANCES = {
 }
 
 
+class HeldStreams:
+    """``count`` clients holding one cohort's event stream open, and one client polling ``/healthz`` every
+    ``interval`` s, on threads until :meth:`close` (the cohort reaching a final state also ends the streams).
+    ``opened`` holds each stream's HTTP status, ``health`` each health check's (status, seconds)."""
+
+    def __init__(self, url: str, api_key: str, cohort_id: str, count: int = 100, interval: float = 0.02) -> None:
+        self.url, self.api_key, self.cohort_id, self.interval = url, api_key, cohort_id, interval
+        self.halt = threading.Event()
+        self.opened: list[int] = []
+        self.health: list[tuple[int, float]] = []
+        self.threads = [threading.Thread(target=self._hold, daemon=True) for _ in range(count)]
+        for thread in self.threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(self.opened) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        poller = threading.Thread(target=self._poll, daemon=True)
+        poller.start()
+        self.threads.append(poller)
+
+    def _hold(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        with (
+            httpx.Client(base_url=self.url, headers=headers, timeout=120) as http,
+            http.stream("GET", f"/v1/cohorts/{self.cohort_id}/events") as stream,
+        ):
+            self.opened.append(stream.status_code)
+            for _ in stream.iter_lines():
+                if self.halt.is_set():
+                    return
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self.halt.is_set():
+                started = time.perf_counter()
+                status = http.get("/healthz").status_code
+                self.health.append((status, time.perf_counter() - started))
+                time.sleep(self.interval)
+
+    def close(self) -> None:
+        self.halt.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
 def _load(stack: Stack) -> dict[str, float]:
     """/healthz latency while 100 event streams are held and 200 POSTs arrive at once."""
     cohort = stack.request("POST", "/v1/cohorts", json={**REQUEST, "seed": 1}).raise_for_status().json()
-    halt, opened, latencies = threading.Event(), [], []
-
-    def hold() -> None:
-        with (
-            httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.key}"}, timeout=120) as h,
-            h.stream("GET", f"/v1/cohorts/{cohort['id']}/events") as stream,
-        ):
-            opened.append(stream.status_code)
-            for _ in stream.iter_lines():
-                if halt.is_set():
-                    return
-
-    def poll() -> None:
-        with httpx.Client(base_url=stack.url, timeout=10) as h:
-            while not halt.is_set():
-                started = time.perf_counter()
-                h.get("/healthz")
-                latencies.append(time.perf_counter() - started)
-                time.sleep(0.02)
-
-    holders = [threading.Thread(target=hold, daemon=True) for _ in range(100)]
-    for thread in holders:
-        thread.start()
-    while len(opened) < 100:
-        time.sleep(0.1)
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
+    streams = HeldStreams(stack.url, stack.key, cohort["id"])
     time.sleep(2)
     with ThreadPoolExecutor(200) as pool:
         codes = list(pool.map(lambda i: stack.http.post("/v1/cohorts", json={**REQUEST, "seed": 10 + i}).status_code,
                               range(200)))  # fmt: skip
     time.sleep(2)
-    halt.set()
     stack.request("POST", f"/v1/cohorts/{cohort['id']}/cancel")
+    streams.close()
     for response in stack.request("GET", "/v1/cohorts", params={"page_size": 100}).json()["cohorts"]:
         if response["status"] in ("queued", "running"):
             stack.request("POST", f"/v1/cohorts/{response['id']}/cancel")
-    for thread in [*holders, poller]:
-        thread.join(60)
+    latencies = [seconds for _, seconds in streams.health]
     ordered = sorted(latencies)
     return {
         "healthz_calls": len(ordered),
