@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 from models.conditioning import EXTRAPOLATE_HINT, ConditioningRanges
 from models.design import (
+    DTYPES,
     FEWER_STEPS_HINT,
     SAMPLERS,
     CohortDesign,
@@ -85,7 +86,7 @@ def add_cohort_arguments(
         "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
     )
     parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
-    parser.add_argument("--dtype", choices=("float32", "uint8"), default="float32", help="NIfTI data type")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
 

@@ -14,16 +14,21 @@ import math
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from models.bids import participant_id
 from models.conditioning import FIELDS, ConditioningRanges, Covariates, normalise
 from models.errors import ConditioningError, SamplingError
+from models.nifti import OutputDType
 
+# The request vocabulary, owned here for the CLI, the API schemas and the task payloads (torch-free).
+#: Samplers by request name (:func:`models.sampling.build_scheduler` builds them).
 SamplerName = Literal["ddim", "ddpm", "pndm", "dpmpp2m"]
-SAMPLERS: tuple[str, ...] = ("ddim", "ddpm", "pndm", "dpmpp2m")
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+#: NIfTI data types a cohort can be written in (:func:`models.nifti.to_nifti`).
+DTYPES: tuple[str, ...] = get_args(OutputDType)
 #: Steps used when the caller gives none: the paper's DDIM setting, full-length DDPM, PLMS' usual 50, and
 #: DPM-Solver++(2M) at 15 (see bench/ for speed against fidelity).
 DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "ddpm": 1000, "pndm": 50, "dpmpp2m": 15}

@@ -20,7 +20,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from models.conditioning import Covariates, normalise
 from models.config import ModelConfig, read_model_config
-from models.design import DEFAULT_STEPS
+from models.design import DEFAULT_STEPS, check_sampler
 from models.errors import GenerationStopped, SamplingError, WeightsError
 from models.execution import Execution, Precision
 from models.networks import build_autoencoder, build_unet
@@ -186,7 +186,7 @@ class BrainLDMPipeline:
                 :class:`~models.errors.GenerationStopped` (subjects already yielded stay yielded).
         """
         steps = num_inference_steps if num_inference_steps is not None else DEFAULT_STEPS.get(sampler, 50)
-        build_scheduler(self.config.scheduler, sampler, steps)  # validates sampler and steps up front
+        check_sampler(sampler, steps, self.config.scheduler.num_train_timesteps)
         if len(covariates) != len(seeds):
             raise SamplingError(f"{len(covariates)} subjects but {len(seeds)} seeds")
         if batch_size < 1:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.design import SEED_MASK, unprintable
+from models.design import SEED_MASK, OutputDType, SamplerName, unprintable
 
 #: Unknown fields refused; no coercion: "3", 3.0 or true are not an integer, "yes" is not a boolean.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -86,7 +86,7 @@ class SubjectIn(BaseModel):
 class SamplerIn(BaseModel):
     model_config = _STRICT
 
-    name: Literal["ddim", "ddpm", "pndm", "dpmpp2m"] = "ddim"
+    name: SamplerName = "ddim"
     steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, 1000 for ddpm, 15 for dpmpp2m")
 
 
@@ -105,7 +105,7 @@ class CohortRequest(BaseModel):
     covariates: CovariatesIn | None = None
     subjects: list[SubjectIn] | None = Field(None, min_length=1)
     sampler: SamplerIn = Field(default_factory=SamplerIn)
-    dtype: Literal["float32", "uint8"] = "float32"
+    dtype: OutputDType = "float32"
     extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
 
     @field_validator("name")

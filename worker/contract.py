@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.design import OutputDType, SamplerName
+
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
 FINALIZE_COHORT = "cohort.finalize"
@@ -25,9 +27,9 @@ class SubjectJob(BaseModel):
     ventricular_volume_mm3: float
     brain_volume_mm3: float
     seed: int = Field(ge=0, le=2**63 - 1)
-    sampler: Literal["ddim", "ddpm", "pndm", "dpmpp2m"] = "ddim"
+    sampler: SamplerName = "ddim"
     steps: int = Field(50, ge=1, le=1000)
-    dtype: Literal["float32", "uint8"] = "float32"
+    dtype: OutputDType = "float32"
     extrapolate: bool = False
 
 
