@@ -208,11 +208,11 @@ def _ukb_sized(volume: np.ndarray) -> np.ndarray:
 def io_rows(pipeline: BrainLDMPipeline, say: Callable[[str], None], task_row: bool = True) -> list[dict]:
     """Per-subject NIfTI encode + gzip (levels, isal) at the model's size and at full size, upload to a local
     SeaweedFS, and a real worker task (``worker.runner.generate_subjects``) timed against sampling alone."""
+    from jobs.contract import SubjectBatch, SubjectJob
+    from jobs.storage import ObjectStore
     from service.localstack import start_s3
     from worker.config import WorkerSettings
-    from worker.contract import SubjectBatch, SubjectJob
     from worker.runner import generate_subjects
-    from worker.storage import ObjectStore
     from worker.writer import BackgroundWriter
 
     volume = pipeline([Covariates("F", 65, 30000, 1.5e6)], [3], num_inference_steps=2)[0].volume
@@ -286,8 +286,8 @@ def io_rows(pipeline: BrainLDMPipeline, say: Callable[[str], None], task_row: bo
 
 def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
     """Stream a >= 2 GB cohort from a local SeaweedFS through the archive writer (the route's code path)."""
+    from jobs.storage import ObjectStore
     from service.localstack import start_s3
-    from worker.storage import ObjectStore
 
     object_mib = 16
     count = max(1, int(gigabytes * 1024 / object_mib))
@@ -306,7 +306,7 @@ def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
             code = (
                 "import json, sys, time\n"
                 "from service.archive import stream_zip\n"
-                "from worker.storage import ObjectStore\n"
+                "from jobs.storage import ObjectStore\n"
                 "store = ObjectStore(sys.argv[1], 'bench', 'bench-secret-key', 'bench')\n"
                 "objects = store.list_objects('cohort/')\n"
                 "start, total = time.perf_counter(), 0\n"

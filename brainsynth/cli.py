@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from service.cli import COMMANDS as SERVICE_COMMANDS
+from service import COMMANDS as SERVICE_COMMANDS
 
 USAGE = """usage: brainsynth COMMAND [options]   (brainsynth COMMAND --help for its options)
 

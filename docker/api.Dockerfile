@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY brainsynth brainsynth
 COPY models models
+COPY jobs jobs
 COPY service service
 COPY worker worker
 # The project without its torch/monai dependencies, then exactly what the API imports.

@@ -12,6 +12,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY brainsynth brainsynth
 COPY models models
+COPY jobs jobs
 COPY service service
 COPY worker worker
 RUN pip install ".[stack]" && useradd --create-home --uid 10001 brainsynth

@@ -35,6 +35,24 @@ from minio import Minio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobs.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
+from jobs.queue import create_app as create_celery
+from jobs.state import (
+    FINAL,
+    CohortRecord,
+    CohortState,
+    Status,
+    StoredCohort,
+    bids_prefix,
+    cohort_json_key,
+    connect,
+    live_workers,
+    recover_cohort,
+    register_cohort,
+    stored_subjects,
+    write_final_state,
+)
+from jobs.storage import StorageError, cohort_prefix
 from models.bids import MANIFEST, participant_id, sidecar_path, t1w_path
 from models.conditioning import Covariates, normalise
 from models.design import (
@@ -60,24 +78,6 @@ from service.schemas import (
     duplicate_subject,
 )
 from service.settings import ServiceSettings
-from worker.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
-from worker.liveness import live_workers
-from worker.queue import create_app as create_celery
-from worker.state import (
-    FINAL,
-    CohortRecord,
-    CohortState,
-    Status,
-    StoredCohort,
-    bids_prefix,
-    cohort_json_key,
-    connect,
-    recover_cohort,
-    register_cohort,
-    stored_subjects,
-    write_final_state,
-)
-from worker.storage import ObjectStore, StorageError, cohort_prefix
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +163,7 @@ class Service:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
-        self.store = ObjectStore(
-            settings.s3_endpoint,
-            settings.s3_access_key.get_secret_value(),
-            settings.s3_secret_key.get_secret_value(),
-            settings.s3_bucket,
-            secure=settings.s3_secure,
-            public_endpoint=settings.s3_public_endpoint,
-            retry_seconds=settings.request_storage_retry_s,
-        )
+        self.store = settings.object_store(settings.request_storage_retry_s)
         self.store.ensure_bucket()
         # A few retries only: a request waits seconds, not half a minute, then answers 503.
         self.state = CohortState(connect(settings.broker_url, retries=3))

@@ -20,7 +20,6 @@ from models.errors import BrainSynthError
 from service.client import FINAL_STATES, BrainSynthClient, ClientError
 from service.localstack import ServerError
 
-COMMANDS = ("up", "submit", "status", "wait", "download", "cancel", "list", "subjects", "delete")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

@@ -1,5 +1,5 @@
-"""API server settings from ``BRAINSYNTH_*`` environment variables: the workers' broker and storage
-settings plus API keys and limits."""
+"""API server settings from ``BRAINSYNTH_*`` environment variables: the shared broker and storage settings
+(:class:`jobs.settings.JobSettings`) plus API keys and limits (none of the workers' execution settings)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import NoDecode
 
+from jobs.settings import JobSettings
 from models.design import DEFAULT_BATCH_SIZE
-from worker.config import WorkerSettings
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
@@ -34,7 +34,7 @@ def parse_api_keys(text: str) -> dict[str, str]:
     return keys
 
 
-class ServiceSettings(WorkerSettings):
+class ServiceSettings(JobSettings):
     """Everything the API server reads at start-up."""
 
     #: Tenant -> API key (``BRAINSYNTH_API_KEYS``: JSON or ``TENANT=KEY,...``); merged with the file's.

@@ -24,9 +24,32 @@ def test_service_package_imports_no_torch() -> None:
 
 
 def test_api_server_and_client_never_import_torch() -> None:
-    for module in ("service.app", "service.cli", "service.client", "brainsynth.cli", "worker.state"):
+    for module in ("service.app", "service.cli", "service.client", "brainsynth.cli", "jobs.state", "jobs.queue"):
         loaded = _modules_after_import(module)
         assert "torch" not in loaded and "monai" not in loaded, module
+
+
+def test_the_script_loads_a_sides_dependencies_only_for_its_commands() -> None:
+    """`brainsynth sample` works on an install without the service extra: routing loads no httpx or celery."""
+    loaded = _modules_after_import("brainsynth.cli")
+    assert not {"httpx", "celery", "fastapi", "torch"} & loaded, loaded & {"httpx", "celery", "fastapi", "torch"}
+
+
+def test_the_job_layer_stands_alone_and_the_api_needs_no_worker_code() -> None:
+    """jobs/ (contract, state, storage, queue, shared settings) imports neither side; the API no worker code."""
+    loaded = _modules_after_import("jobs.settings") | _modules_after_import("jobs.state")
+    assert not {m for m in loaded if m.split(".")[0] in ("service", "worker")}
+    api = _modules_after_import("service.app")
+    assert not {m for m in api if m.split(".")[0] == "worker"}, "the API imports worker code"
+
+
+def test_the_api_settings_are_not_the_workers() -> None:
+    from service.settings import ServiceSettings
+    from worker.config import WorkerSettings
+
+    shared = {"broker_url", "s3_endpoint", "s3_access_key", "s3_secret_key", "visibility_timeout_s"}
+    assert shared <= set(ServiceSettings.model_fields) and shared <= set(WorkerSettings.model_fields)
+    assert not {"device", "precision", "compile", "decode_slab"} & set(ServiceSettings.model_fields)
 
 
 def test_the_top_level_usage_lists_every_command_and_the_version(capsys) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from jobs.queue import create_app
 from worker.config import get_settings
-from worker.queue import create_app
 
 app = create_app(get_settings())

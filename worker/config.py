@@ -1,28 +1,20 @@
-"""Worker settings, read once from ``BRAINSYNTH_*`` environment variables (pydantic-settings)."""
+"""Worker settings, read once from ``BRAINSYNTH_*`` environment variables (pydantic-settings): the shared
+broker and storage settings (:class:`jobs.settings.JobSettings`) plus how this worker runs."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
+from jobs.settings import JobSettings
 from models.execution import Execution, Precision
 
 
-class WorkerSettings(BaseSettings):
-    """Broker, object storage and execution limits of a GPU (or CPU) worker."""
+class WorkerSettings(JobSettings):
+    """The shared settings plus the execution limits of a GPU (or CPU) worker."""
 
-    model_config = SettingsConfigDict(env_prefix="BRAINSYNTH_", extra="ignore")
-
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint: str = "127.0.0.1:9000"
-    s3_public_endpoint: str | None = None
-    s3_access_key: SecretStr
-    s3_secret_key: SecretStr
-    s3_bucket: str = "brainsynth"
-    s3_secure: bool = False
     device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
     precision: Precision | None = Field(None, description="autocast UNet and decoder; default float32")
     channels_last: bool = Field(False, description="channels-last (NDHWC) tensors for the UNet and decoder")
@@ -31,15 +23,12 @@ class WorkerSettings(BaseSettings):
     decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
     #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
     writer_threads: int = Field(2, ge=1, le=32)
-    #: A killed worker's task is delivered again this long after its last heartbeat; a live worker renews it
-    #: every ``heartbeat_s`` for its running task, so tasks of any length are never run twice at once.
-    visibility_timeout_s: int = Field(30, ge=5)
+    #: How often the heartbeat renews the running task's visibility (a third of the timeout at most).
     heartbeat_s: float = Field(1.0, gt=0, le=10)
     #: Touched on every heartbeat, for a container healthcheck (``python -m worker.liveness FILE``).
     heartbeat_file: Path | None = None
     #: How long a worker retries object storage (backoff to 2 s) before it fails the cohort, naming the outage.
     storage_retry_s: float = Field(120.0, ge=1)
-    task_time_limit_s: int = Field(1800, ge=10)
     #: Deliveries of one subject before it is failed for good (a poison task ends, it does not loop).
     max_attempts: int = Field(3, ge=1)
 

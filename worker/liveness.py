@@ -29,7 +29,7 @@ from pathlib import Path
 
 import redis
 
-from worker.state import FINAL, WORKERS_KEY, Status, cohort_key
+from jobs.state import FINAL, WORKERS_KEY, Status, cohort_key
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,6 @@ class Heartbeat:
                 self.beat()
             except Exception:  # the beat must never die: log and go on
                 log.exception("heartbeat failed")
-
-
-def live_workers(client: redis.Redis, within_s: float) -> int:
-    """How many workers beat in the last ``within_s`` seconds."""
-    return int(client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
 
 
 def main(argv: list[str] | None = None) -> int:

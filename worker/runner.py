@@ -10,6 +10,9 @@ import hashlib
 import json
 from collections.abc import Callable
 
+from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
+from jobs.state import StoredCohort, bids_prefix, cohort_json_key
+from jobs.storage import ObjectStore
 from models.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
@@ -26,9 +29,6 @@ from models.config import ModelConfig
 from models.design import SubjectSpec
 from models.errors import GenerationStopped
 from models.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
-from worker.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
-from worker.state import StoredCohort, bids_prefix, cohort_json_key
-from worker.storage import ObjectStore
 from worker.writer import BackgroundWriter
 
 

@@ -15,17 +15,17 @@ from typing import Any
 
 from celery import Task, signals
 
+from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
+from jobs.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
+from jobs.storage import ObjectStore, StorageError, cohort_prefix
 from models.config import read_model_config
 from models.errors import BrainSynthError
 from models.registry import resolve_model_dir
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
 from worker.gpu import pipeline_for
 from worker.liveness import Heartbeat
 from worker.runner import finalize_cohort, generate_subjects
-from worker.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
-from worker.storage import ObjectStore, StorageError, cohort_prefix
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,7 @@ class PoisonTaskError(RuntimeError):
 @lru_cache
 def object_store() -> ObjectStore:
     settings = get_settings()
-    store = ObjectStore(
-        settings.s3_endpoint,
-        settings.s3_access_key.get_secret_value(),
-        settings.s3_secret_key.get_secret_value(),
-        settings.s3_bucket,
-        secure=settings.s3_secure,
-        public_endpoint=settings.s3_public_endpoint,
-        retry_seconds=settings.storage_retry_s,
-    )
+    store = settings.object_store(settings.storage_retry_s)
     store.ensure_bucket()
     return store
 

@@ -192,7 +192,7 @@ def test_cancel_keeps_finished_subjects_and_delete_removes_everything(stack: Loc
         assert len(tsv.splitlines()) == 1 + done
         assert c.http.delete(f"/v1/cohorts/{cohort['id']}").status_code == 204
         assert c.http.get(f"/v1/cohorts/{cohort['id']}").status_code == 404
-        from worker.storage import ObjectStore
+        from jobs.storage import ObjectStore
 
         s3 = stack.s3
         assert s3 is not None

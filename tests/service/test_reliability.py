@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from jobs.storage import ObjectStore
 from service.client import BrainSynthClient
 from service.stack import LocalStack
 from tests.service.conftest import KEYS, MAX_ACTIVE, wait_for
-from worker.storage import ObjectStore
 
 JSON = {"Content-Type": "application/json"}
 SMALL = {"model": "tiny", "n_subjects": 1, "seed": 1, "sampler": {"steps": 2}}

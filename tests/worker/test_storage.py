@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from minio.error import S3Error
 
+from jobs.storage import ObjectStore, StorageError, cohort_prefix
 from service.localstack import S3Server, start_s3
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from worker.storage import ObjectStore, StorageError, cohort_prefix
 
 
 def _store(server: S3Server, bucket: str | None = None, **kwargs: object) -> ObjectStore:

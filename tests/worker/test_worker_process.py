@@ -16,14 +16,14 @@ import pytest
 import redis
 from celery import Celery
 
+from jobs.contract import GENERATE_SUBJECTS, SubjectJob
+from jobs.state import CohortState, StoredCohort, connect, register_cohort
+from jobs.storage import ObjectStore
 from models.cohort import write_cohort
 from models.design import CohortDesign, design_subjects
 from models.pipeline import BrainLDMPipeline
 from service.localstack import RedisServer, S3Server, start_redis
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from worker.contract import GENERATE_SUBJECTS, SubjectJob
-from worker.state import CohortState, StoredCohort, connect, register_cohort
-from worker.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
 VISIBILITY_TIMEOUT = 10

@@ -3,17 +3,17 @@
 Redelivery that works on Redis (see ../shared/reference/infra.md): late acks, requeue when a worker dies,
 prefetch 1, and kombu's unacked-restore sweep every 2 s, so a task of a killed worker comes back after the
 visibility timeout (30 s) instead of after ~100 s. A live worker's heartbeat renews its running message's
-delivery time (:mod:`worker.liveness`), so a task longer than the timeout is never delivered twice at once.
+delivery time (``worker.liveness``), so a task longer than the timeout is never delivered twice at once.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from worker.config import WorkerSettings
+from jobs.settings import JobSettings
 
 
-def create_app(settings: WorkerSettings) -> Celery:
+def create_app(settings: JobSettings) -> Celery:
     """The Celery app for ``settings`` (the API builds its own from its settings to send tasks)."""
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,

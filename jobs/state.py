@@ -29,9 +29,9 @@ from pydantic import BaseModel, Field
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from jobs.contract import SubjectJob
+from jobs.storage import ObjectStore, cohort_prefix
 from models.bids import sidecar_path
-from worker.contract import SubjectJob
-from worker.storage import ObjectStore, cohort_prefix
 
 PREFIX = "brainsynth"
 #: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).
@@ -258,6 +258,11 @@ class CohortState:
         existing = self.redis.get(name)
         if existing and json.loads(existing)["cohort_id"] == cohort_id:
             self.redis.delete(name)
+
+
+def live_workers(client: redis.Redis, within_s: float) -> int:
+    """How many workers beat (``worker.liveness``) in the last ``within_s`` seconds."""
+    return int(client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
 
 
 def write_final_state(store: ObjectStore, record: CohortRecord) -> None:
