@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.design import OutputDType, SamplerName
+from models.conditioning import Covariates
+from models.design import OutputDType, SamplerName, SubjectSpec
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
@@ -31,6 +32,20 @@ class SubjectJob(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     dtype: OutputDType = "float32"
     extrapolate: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: SubjectSpec, **cohort: Any) -> SubjectJob:
+        """The job for a designed subject; ``cohort`` holds the fields every subject of its cohort shares
+        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate)."""
+        c = spec.covariates
+        return cls(participant_id=spec.participant_id, sex=c.sex, age=c.age,
+                   ventricular_volume_mm3=c.ventricular_volume_mm3, brain_volume_mm3=c.brain_volume_mm3,
+                   seed=spec.seed, **cohort)  # fmt: skip
+
+    def spec(self) -> SubjectSpec:
+        """The subject as the model layer designs and samples it."""
+        covariates = Covariates(self.sex, self.age, self.ventricular_volume_mm3, self.brain_volume_mm3)
+        return SubjectSpec(self.participant_id, covariates, self.seed)
 
 
 class SubjectBatch(BaseModel):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -306,11 +307,17 @@ def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_i
     return record
 
 
+def stored_among(keys: set[str], prefix: str, participants: Iterable[str]) -> set[str]:
+    """Those of ``participants`` whose files are complete among the object ``keys`` under a cohort's BIDS
+    ``prefix``: a subject's sidecar is written after its NIfTI, so its presence means stored (the one test of
+    it, for workers, finalisation and recovery)."""
+    return {p for p in participants if prefix + sidecar_path(p) in keys}
+
+
 def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
-    """Participant ids of ``stored`` whose files are complete in object storage (sidecar present)."""
+    """Participant ids of ``stored`` whose files are complete in object storage."""
     prefix = bids_prefix(stored.tenant, stored.id)
-    keys = set(store.list_keys(prefix))
-    return {job.participant_id for job in stored.subjects if prefix + sidecar_path(job.participant_id) in keys}
+    return stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in stored.subjects))
 
 
 def register_cohort(

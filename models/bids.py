@@ -264,6 +264,16 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
     }
 
 
+def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRecord:
+    """The :class:`SubjectRecord` a T1w sidecar was written from (the inverse of :func:`t1w_sidecar`)."""
+    c = sidecar["Conditioning"]
+    covariates = Covariates(c["sex"], c["age"], c["ventricular_volume_mm3"], c["brain_volume_mm3"])
+    values = tuple(float(v) for v in c["normalised"]["values"])
+    return SubjectRecord(
+        participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"])
+    )  # type: ignore[arg-type]
+
+
 def dumps(document: dict[str, Any]) -> str:
     """JSON text as written to every BIDS JSON file."""
     return json.dumps(document, indent=2) + "\n"

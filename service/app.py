@@ -266,24 +266,10 @@ class Service:
                     "running (the limit): wait for one to finish or cancel one",
                     headers={"Retry-After": "30"},
                 )
-            jobs = [
-                SubjectJob(
-                    tenant=tenant,
-                    cohort_id=cohort_id,
-                    model=entry.name,
-                    participant_id=spec.participant_id,
-                    sex=spec.covariates.sex,
-                    age=spec.covariates.age,
-                    ventricular_volume_mm3=spec.covariates.ventricular_volume_mm3,
-                    brain_volume_mm3=spec.covariates.brain_volume_mm3,
-                    seed=spec.seed,
-                    sampler=completed["sampler"]["name"],
-                    steps=completed["sampler"]["steps"],
-                    dtype=completed["dtype"],
-                    extrapolate=completed["extrapolate"],
-                )
-                for spec in specs
-            ]
+            shared = {"tenant": tenant, "cohort_id": cohort_id, "model": entry.name,
+                      "sampler": completed["sampler"]["name"], "steps": completed["sampler"]["steps"],
+                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"]}  # fmt: skip
+            jobs = [SubjectJob.from_spec(spec, **shared) for spec in specs]
             stored = StoredCohort(
                 id=cohort_id,
                 tenant=tenant,
@@ -374,12 +360,7 @@ class Service:
             status = "stored" if is_done else ("not_run" if record.status in FINAL else "pending")
             out.append(
                 SubjectOut(
-                    participant_id=job.participant_id,
-                    age=job.age,
-                    sex=job.sex,
-                    ventricular_volume_mm3=job.ventricular_volume_mm3,
-                    brain_volume_mm3=job.brain_volume_mm3,
-                    seed=job.seed,
+                    **job.model_dump(include=set(SubjectOut.model_fields)),
                     status=status,
                     url=self.store.presigned_get(prefix + t1w_path(job.participant_id), expiry) if is_done else None,
                     sidecar_url=(

@@ -11,22 +11,20 @@ import json
 from collections.abc import Callable
 
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
-from jobs.state import StoredCohort, bids_prefix, cohort_json_key
+from jobs.state import StoredCohort, bids_prefix, cohort_json_key, stored_among
 from jobs.storage import ObjectStore
 from models.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
     SamplerSettings,
-    SubjectRecord,
     dataset_files,
     manifest,
+    record_from_sidecar,
     sidecar_path,
     t1w_path,
 )
 from models.cohort import subject_files
-from models.conditioning import Covariates
 from models.config import ModelConfig
-from models.design import SubjectSpec
 from models.errors import GenerationStopped
 from models.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker.writer import BackgroundWriter
@@ -50,8 +48,8 @@ def generate_subjects(
     """
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
-    existing = set(store.list_keys(prefix))
-    missing = [job for job in batch.subjects if prefix + sidecar_path(job.participant_id) not in existing]
+    done = stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in batch.subjects))
+    missing = [job for job in batch.subjects if job.participant_id not in done]
     results = {
         job.participant_id: SubjectResult(
             participant_id=job.participant_id, image_key=prefix + t1w_path(job.participant_id), outcome="already_stored"
@@ -60,22 +58,21 @@ def generate_subjects(
     }
     if missing:
         pipeline = pipeline_for(first.model)
-        covariates = [Covariates(j.sex, j.age, j.ventricular_volume_mm3, j.brain_volume_mm3) for j in batch.subjects]
+        specs = {job.participant_id: job.spec() for job in batch.subjects}
         settings = SamplerSettings(
             first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype, pipeline.execution
         )
 
         def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:
             job, sample = item
-            spec = SubjectSpec(job.participant_id, sample.covariates, job.seed)
-            _, files = subject_files(pipeline.config, spec, sample, settings, str(pipeline.device))
+            _, files = subject_files(pipeline.config, specs[job.participant_id], sample, settings, str(pipeline.device))
             for relative, content in files.items():  # NIfTI first, sidecar last
                 content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
                 store.put_bytes(prefix + relative, content, content_type)
 
         samples = pipeline.generate(
-            covariates,
-            [job.seed for job in batch.subjects],
+            [spec.covariates for spec in specs.values()],
+            [spec.seed for spec in specs.values()],
             sampler=first.sampler,
             num_inference_steps=first.steps,
             batch_size=len(batch.subjects),
@@ -98,15 +95,6 @@ def generate_subjects(
     return [results[job.participant_id] for job in batch.subjects]
 
 
-def _record_from_sidecar(participant: str, sidecar: dict) -> SubjectRecord:
-    c = sidecar["Conditioning"]
-    covariates = Covariates(c["sex"], c["age"], c["ventricular_volume_mm3"], c["brain_volume_mm3"])
-    values = tuple(float(v) for v in c["normalised"]["values"])
-    return SubjectRecord(
-        participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"])
-    )  # type: ignore[arg-type]
-
-
 def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -> list[str]:
     """Write the dataset-level BIDS files for the subjects stored so far, then the manifest (last).
 
@@ -116,12 +104,13 @@ def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -
     prefix = bids_prefix(job.tenant, job.cohort_id)
     stored = StoredCohort.model_validate_json(store.get_bytes(cohort_json_key(job.tenant, job.cohort_id)))
     name = str(stored.request.get("name") or DEFAULT_COHORT_NAME)
-    keys = set(store.list_keys(prefix))
-    records = []
-    for subject in stored.subjects:
-        key = prefix + sidecar_path(subject.participant_id)
-        if key in keys:
-            records.append(_record_from_sidecar(subject.participant_id, json.loads(store.get_bytes(key))))
+    participants = [subject.participant_id for subject in stored.subjects]
+    present = stored_among(set(store.list_keys(prefix)), prefix, participants)
+    records = [
+        record_from_sidecar(p, json.loads(store.get_bytes(prefix + sidecar_path(p))))
+        for p in participants
+        if p in present
+    ]
     for relative, text in dataset_files(config, name, records, stored.request.get("authors")).items():
         store.put_bytes(prefix + relative, text.encode(), "text/plain")
     digests = []

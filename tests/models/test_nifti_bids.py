@@ -168,3 +168,15 @@ def test_write_cohort_refuses_non_empty_folder(tiny_model_dir: Path, tmp_path: P
             tmp_path / "used",
             num_inference_steps=2,
         )
+
+
+def test_a_sidecar_gives_back_the_record_it_was_written_from() -> None:
+    from models.bids import SamplerSettings, SubjectRecord, record_from_sidecar, t1w_sidecar
+    from models.conditioning import Covariates
+    from tests.conftest import tiny_config
+
+    record = SubjectRecord(
+        "sub-000007", Covariates("M", 71.5, 41000.0, 1390000.0), (1.0, 0.7, 0.2, 0.4), 99, "pndm", 30
+    )
+    sidecar = t1w_sidecar(tiny_config(), record, SamplerSettings("pndm", 30, 0.0, 4, "float32"), "cpu")
+    assert record_from_sidecar("sub-000007", sidecar) == record

@@ -47,3 +47,13 @@ def test_bad_settings_name_the_variable(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         config.get_settings()
+
+
+def test_a_subject_job_and_its_spec_convert_both_ways() -> None:
+    from jobs.contract import SubjectJob
+    from models.conditioning import Covariates
+    from models.design import SubjectSpec
+
+    spec = SubjectSpec("sub-000003", Covariates("F", 66.0, 25000.0, 1510000.0), 12345)
+    job = SubjectJob.from_spec(spec, tenant="lab-a", cohort_id="c1", model="demo", sampler="ddim", steps=50)
+    assert job.spec() == spec and job.age == 66.0 and job.tenant == "lab-a"
