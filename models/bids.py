@@ -18,10 +18,12 @@ import platform
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from models.conditioning import Covariates
 from models.config import ModelConfig
+from models.errors import OutputExistsError
 from models.execution import Execution
 from models.nifti import OutputDType
 from models.presets import RESEARCH_USE
@@ -147,6 +149,19 @@ def dataset_readme(config: ModelConfig, cohort_name: str) -> str:
         "each T1w sidecar records the sampler, the model's weight hash and the software versions.\n\n"
         "Method: Pinaya et al. 2022, Brain Imaging Generation with Latent Diffusion Models, arXiv:2209.07162.\n"
     )
+
+
+def require_empty_folder(path: Path, option: str | None = None) -> Path:
+    """``path`` if it is missing or an empty folder (every writer of datasets checks this, and only this way).
+
+    Raises:
+        OutputExistsError: it holds something; the message names ``option`` and what to do.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        named = f"{option} {path}" if option else str(path)
+        raise OutputExistsError(f"{named} exists and is not an empty folder: choose a new one")
+    return path
 
 
 def dataset_files(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.bids import require_empty_folder
 from models.cli_args import (
     Parser,
     UsageError,
@@ -19,7 +20,7 @@ from models.cli_args import (
 )
 from models.config import read_model_config
 from models.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler, unprintable
-from models.errors import BrainSynthError
+from models.errors import BrainSynthError, OutputExistsError
 from models.execution import Execution
 from models.presets import PRESETS, ukb
 from models.registry import ModelEntry, list_models, resolve_model_dir, user_models_dir
@@ -299,8 +300,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     config = entry.config if entry else read_model_config(resolve_model_dir(args.model))
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
+    require_empty_folder(args.out, "--out")
     with tqdm(total=args.n, unit="phantom", desc="phantoms", file=sys.stderr) as bar:
         write_phantom_cohort(args.n, args.seed, args.out, config, callback=lambda done, _t: bar.update(done - bar.n))
     print(f"wrote {args.n} phantoms on the {config.name} grid to {args.out.resolve()}")
@@ -416,8 +416,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before torch is imported (a typo answers in well under a second).
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise UsageError(f"--out {args.out} exists and is not an empty folder: choose a new one")
+    require_empty_folder(args.out, "--out")
     model_dir = resolve_model_dir(args.model)
     config = read_model_config(model_dir, check_networks=False)
     for author in args.authors or []:
@@ -470,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             return _cmd_evaluate(args)
         return _cmd_sample(args)
-    except UsageError as err:
+    except (UsageError, OutputExistsError) as err:  # what the user typed: exit 2
         print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
         return 2
     except (BrainSynthError, OSError) as err:

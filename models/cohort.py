@@ -19,6 +19,7 @@ from models.bids import (
     dataset_files,
     dumps,
     manifest,
+    require_empty_folder,
     sidecar_path,
     t1w_path,
     t1w_sidecar,
@@ -69,9 +70,7 @@ def write_cohort(
     Subjects are written per batch as they finish, then the dataset-level files (the same as the service's
     archive: :func:`models.bids.dataset_files`), then ``SHA256SUMS`` of every file, last.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty: choose a new output directory")
+    out_dir = require_empty_folder(out_dir)
     config = pipeline.config
     for spec in subjects:  # fail before any compute
         normalise(spec.covariates, config.conditioning, extrapolate=extrapolate)

@@ -38,3 +38,7 @@ class SamplingError(BrainSynthError, ValueError):
 
 class GenerationStopped(BrainSynthError):
     """Sampling was stopped on request (the cohort was canceled, failed or deleted) before it finished."""
+
+
+class OutputExistsError(BrainSynthError, FileExistsError):
+    """The output folder exists and is not empty (nothing is ever written over)."""

@@ -38,6 +38,7 @@ from models.bids import (
     participant_id,
     participants_json,
     participants_tsv,
+    require_empty_folder,
     sidecar_path,
     t1w_path,
 )
@@ -273,9 +274,7 @@ def write_phantom_cohort(
     """
     if not 1 <= n_subjects <= 100_000:
         raise ConditioningError("n_subjects", f"must be between 1 and 100000, got {n_subjects}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} is not empty: choose a new output directory")
+    out_dir = require_empty_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     description = {
         "Name": f"BrainSynth MNI152 phantoms ({n_subjects}, seed {seed})",

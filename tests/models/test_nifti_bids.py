@@ -161,7 +161,7 @@ def test_write_cohort_refuses_non_empty_folder(tiny_model_dir: Path, tmp_path: P
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="not an empty folder"):
         write_cohort(
             pipeline,
             design_subjects(CohortDesign(1, 1), UKB_RANGES),
