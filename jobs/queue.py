@@ -1,8 +1,8 @@
 """The Celery application's configuration, built from settings (the API builds a client with it; no torch).
 
-Redelivery that works on Redis (see ../shared/reference/infra.md): late acks, requeue when a worker dies,
-prefetch 1, and kombu's unacked-restore sweep every 2 s, so a task of a killed worker comes back after the
-visibility timeout (30 s) instead of after ~100 s. A live worker's heartbeat renews its running message's
+Redelivery that works on Redis (measured; README "How jobs survive failures"): late acks, requeue when a
+worker dies, prefetch 1, and kombu's unacked-restore sweep every 2 s, so a task of a killed worker comes back
+after the visibility timeout (30 s) instead of after ~100 s. A live worker's heartbeat renews its running message's
 delivery time (``worker.liveness``), so a task longer than the timeout is never delivered twice at once.
 """
 

@@ -276,7 +276,7 @@ def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_i
     """Rebuild a cohort's Redis record from object storage (after Redis lost it); ``None`` if unknown.
 
     Done subjects are those whose sidecar exists; the status is the stored final one, else running or
-    queued. Subjects still to run are returned by :func:`missing_subjects` for re-queueing.
+    queued. The caller re-queues the batches that still have a subject to store (:func:`stored_subjects`).
     """
     key = cohort_json_key(tenant, cohort_id)
     if not store.exists(key):

@@ -177,7 +177,7 @@ class BrainLDMPipeline:
             covariates: per-subject conditioning in physical units.
             seeds: per-subject seeds (the same seed and conditioning give the same volume).
             sampler: ``ddim``, ``ddpm``, ``pndm`` or ``dpmpp2m``.
-            num_inference_steps: denoising steps; defaults to 50 (DDIM, PNDM, DPM-Solver++) or 1000 (DDPM).
+            num_inference_steps: denoising steps; default ``models.design.DEFAULT_STEPS[sampler]``.
             eta: DDIM stochasticity (0 = deterministic, the bundle's setting).
             batch_size: subjects per UNet call; does not change the result.
             extrapolate: allow covariates beyond the training range (bounded, see ``models.conditioning``).

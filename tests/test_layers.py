@@ -35,6 +35,20 @@ def test_the_script_loads_a_sides_dependencies_only_for_its_commands() -> None:
     assert not {"httpx", "celery", "fastapi", "torch"} & loaded, loaded & {"httpx", "celery", "fastapi", "torch"}
 
 
+def test_sample_runs_on_an_install_without_the_service_extra(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """httpx, celery and fastapi blocked (as on `pip install brainsynth` without `[stack]`): sample still runs."""
+    code = (
+        "import sys\n"
+        "for name in ('httpx', 'celery', 'fastapi', 'minio', 'redis'): sys.modules[name] = None\n"
+        "from brainsynth.cli import main\n"
+        f"raise SystemExit(main(['sample', '--model', 'demo', '--n', '1', '--seed', '1', '--steps', '2', "
+        f"'--out', {str(tmp_path / 'out')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "sub-000001" / "anat" / "sub-000001_T1w.nii.gz").is_file()
+
+
 def test_the_job_layer_stands_alone_and_the_api_needs_no_worker_code() -> None:
     """jobs/ (contract, state, storage, queue, shared settings) imports neither side; the API no worker code."""
     loaded = _modules_after_import("jobs.settings") | _modules_after_import("jobs.state")
