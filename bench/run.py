@@ -394,7 +394,7 @@ def whole_process_rows(n: int, steps: int, say: Callable[[str], None], rounds: i
 
 
 def format_table(rows: list[dict]) -> str:
-    columns = ["row", "s_per_brain", "brains_per_hour", "speedup", "peak_mib", "ventricles_r",
+    columns = ["row", "s_per_brain", "brains_per_hour", "wall_s", "speedup", "peak_mib", "ventricles_r",
                "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "max_abs_diff_vs_fp32",
                "max_abs_diff_vs_whole", "warm_up_s", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
                "sampling_share_percent", "mb_per_s", "peak_rss_mib"]  # fmt: skip

@@ -26,6 +26,8 @@ def test_table_lists_only_columns_in_use() -> None:
     table = format_table([{"row": "a", "s_per_brain": 1.5}, {"row": "b", "mb_per_s": 300}])
     assert table.splitlines()[0] == "| row | s_per_brain | mb_per_s |"
     assert "| a | 1.5 |  |" in table
+    whole = format_table([{"row": "whole process", "wall_s": 5.1, "speedup": 1.8}])
+    assert whole.splitlines()[0] == "| row | wall_s | speedup |"  # every column a row uses is shown
 
 
 def test_io_rows_time_a_real_worker_task(tiny_model_dir: Path) -> None:
