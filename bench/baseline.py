@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from models.pipeline import BrainLDMPipeline
-from models.sampling import build_scheduler, initial_latent, subject_generator
+from models.inference.pipeline import BrainLDMPipeline
+from models.inference.sampling import build_scheduler, initial_latent, subject_generator
 
 
 def bundle_loop(pipeline: BrainLDMPipeline, conditioning: list[float], seed: int, steps: int = 50) -> torch.Tensor:

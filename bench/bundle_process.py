@@ -15,10 +15,10 @@ import nibabel as nib
 import numpy as np
 
 from bench.baseline import bundle_loop
-from models.conditioning import normalise
-from models.design import CohortDesign, design_subjects
-from models.pipeline import BrainLDMPipeline
-from models.registry import resolve_model_dir
+from models.catalogue.registry import resolve_model_dir
+from models.cohort.conditioning import normalise
+from models.cohort.design import CohortDesign, design_subjects
+from models.inference.pipeline import BrainLDMPipeline
 
 
 def main(argv: list[str] | None = None) -> int:

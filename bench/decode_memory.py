@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from models.networks import build_autoencoder
-from models.pipeline import resolve_device
-from models.presets import ukb
-from models.slab_decode import SlabDecoder
+from models.catalogue.networks import build_autoencoder
+from models.catalogue.presets import ukb
+from models.inference.pipeline import resolve_device
+from models.inference.slab_decode import SlabDecoder
 
 
 def _status_mib(field: str) -> float:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from bench.baseline import bundle_loop
-from models.conditioning import Covariates
-from models.design import subject_seed
-from models.execution import Execution
-from models.nifti import nifti_gz_bytes, to_nifti
-from models.pipeline import BrainLDMPipeline
-from models.registry import resolve_model_dir
+from models.catalogue.registry import resolve_model_dir
+from models.cohort.conditioning import Covariates
+from models.cohort.design import subject_seed
+from models.cohort.nifti import nifti_gz_bytes, to_nifti
+from models.inference.execution import Execution
+from models.inference.pipeline import BrainLDMPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
         (config.conditioning.brain_volume_mm3.min, config.conditioning.brain_volume_mm3.max))  # fmt: skip
     covariates = _covariates(n, 1, ranges)
     seeds = [subject_seed(1, i) for i in range(n)]
-    from models.conditioning import normalise
+    from models.cohort.conditioning import normalise
 
     vectors = [list(normalise(c, config.conditioning)) for c in covariates]
     rows = []
@@ -136,7 +136,7 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
             return None
         images = torch.from_numpy(np.stack([np.clip(s.volume, 0, 1) for s in samples])[:, None]).float()
         measured = probe.measure(images)[:, 0]
-        from models.volumes import pearson_r
+        from models.evaluation.volumes import pearson_r
 
         return round(pearson_r(np.array([c.ventricular_volume_mm3 for c in covariates]), measured), 4)
 
@@ -428,15 +428,15 @@ def main() -> None:
         model_dir = resolve_model_dir("demo")
         pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
     else:  # the exact ukb architecture with random weights unless imported ones exist: speed only
-        from models.networks import build_autoencoder, build_unet
-        from models.pipeline import resolve_device
-        from models.presets import ukb
+        from models.catalogue.networks import build_autoencoder, build_unet
+        from models.catalogue.presets import ukb
+        from models.inference.pipeline import resolve_device
 
         config = ukb()
         pipeline = BrainLDMPipeline(config, build_autoencoder(config), build_unet(config), resolve_device(args.device))
     probe = None
     if args.preset == "demo":
-        from models.volumes import VolumeProbe
+        from models.evaluation.volumes import VolumeProbe
 
         try:
             probe = VolumeProbe.load(model_dir)

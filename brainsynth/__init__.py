@@ -1,1 +1,1 @@
-"""The ``brainsynth`` command: model commands (``models.cli``) and service commands (``service.cli``)."""
+"""The ``brainsynth`` command line (:mod:`brainsynth.cli`): nothing else in the project imports it."""

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.conditioning import Covariates
-from models.design import OutputDType, SamplerName, SubjectSpec
+from models.cohort.conditioning import Covariates
+from models.cohort.design import OutputDType, SamplerName, SubjectSpec
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"

@@ -32,7 +32,7 @@ from redis.retry import Retry
 
 from jobs.contract import SubjectJob
 from jobs.storage import ObjectStore, cohort_prefix
-from models.bids import sidecar_path
+from models.dataset.bids import sidecar_path
 
 PREFIX = "brainsynth"
 #: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).

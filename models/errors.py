@@ -23,6 +23,10 @@ class ModelNotFoundError(BrainSynthError):
     """No registered model or model directory has the requested name."""
 
 
+class RegistrationError(BrainSynthError):
+    """A model directory cannot be registered: incomplete, or under a name that is taken or invalid."""
+
+
 class WeightsError(BrainSynthError):
     """A weight file is missing, fails its hash check, or does not fit the network."""
 

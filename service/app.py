@@ -53,9 +53,9 @@ from jobs.state import (
     write_final_state,
 )
 from jobs.storage import StorageError, cohort_prefix
-from models.bids import MANIFEST, participant_id, sidecar_path, t1w_path
-from models.conditioning import Covariates, normalise
-from models.design import (
+from models.catalogue.registry import ModelEntry, list_models
+from models.cohort.conditioning import Covariates, normalise
+from models.cohort.design import (
     DEFAULT_STEPS,
     SAMPLERS,
     CohortDesign,
@@ -63,10 +63,11 @@ from models.design import (
     SubjectSpec,
     check_sampler,
     design_subjects,
+    participant_id,
     subject_seed,
 )
+from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
 from models.errors import BrainSynthError, ConditioningError, SamplingError
-from models.registry import ModelEntry, list_models
 from service.archive import stream_zip
 from service.schemas import (
     CohortPage,

@@ -18,10 +18,12 @@ from typing import Any
 
 import httpx
 
+from models.errors import BrainSynthError
+
 FINAL_STATES = frozenset({"succeeded", "failed", "canceled"})
 
 
-class ClientError(RuntimeError):
+class ClientError(BrainSynthError, RuntimeError):
     """The API refused a request or could not be reached; the message says why and what to do."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:

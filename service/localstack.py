@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from models.errors import BrainSynthError
 
-class ServerError(RuntimeError):
+
+class ServerError(BrainSynthError, RuntimeError):
     """A local server could not be found or did not become ready."""
 
 

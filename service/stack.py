@@ -25,7 +25,8 @@ from service.localstack import RedisServer, S3Server, ServerError, start_redis, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM (a worker finishes its running subject's write, the API its requests), SIGKILL after ``timeout``."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -33,6 +34,18 @@ def _stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> No
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def worker_command(index: int) -> list[str]:
+    """How every local worker runs: one Celery process with the solo pool (one task at a time, as on a GPU)."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+            f"--hostname=worker{index}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO"]  # fmt: skip
+
+
+def start_worker_process(index: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Worker ``index`` with ``env``, appending its output to ``log``."""
+    with open(log, "ab") as sink:
+        return subprocess.Popen(worker_command(index), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
 
 @dataclass
@@ -97,11 +110,7 @@ class LocalStack:
         )
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
-                   f"--hostname=worker{index}@%h", "--without-mingle", "--without-gossip",
-                   "--loglevel=INFO"]  # fmt: skip
-        with open(self.logs / f"worker-{index}.log", "ab") as sink:
-            process = subprocess.Popen(command, env=self.env(), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        process = start_worker_process(index, self.env(), self.logs / f"worker-{index}.log")
         if index < len(self.worker_processes):
             self.worker_processes[index] = process
         else:
@@ -167,10 +176,10 @@ class LocalStack:
     def stop(self) -> None:
         """API, workers (they requeue unfinished tasks), then the servers."""
         if self.api_process is not None:
-            _stop_process(self.api_process)
+            stop_process(self.api_process)
         for process in self.worker_processes:
             # a task still running is killed after 10 s: it is not acknowledged, so it runs again on restart
-            _stop_process(process, timeout=10)
+            stop_process(process, timeout=10)
         for server in (self.s3, self.redis):
             if server is not None:
                 server.stop()

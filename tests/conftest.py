@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.config import AUTOENCODER_FILE, UNET_FILE, ModelConfig, WeightFile, Weights, write_model_config
-from models.networks import build_autoencoder, build_unet
-from models.nifti import mni_centred_affine
-from models.presets import ukb
-from models.weights import sha256_file
+from models.catalogue.config import AUTOENCODER_FILE, UNET_FILE, ModelConfig, WeightFile, Weights, write_model_config
+from models.catalogue.networks import build_autoencoder, build_unet
+from models.catalogue.presets import ukb
+from models.catalogue.weights import sha256_file
+from models.cohort.nifti import mni_centred_affine
 
 
 def tiny_config(name: str = "tiny") -> ModelConfig:

@@ -8,8 +8,8 @@ import numpy as np
 
 from bench.baseline import bundle_loop
 from bench.run import format_table
-from models.conditioning import Covariates, normalise
-from models.pipeline import BrainLDMPipeline
+from models.cohort.conditioning import Covariates, normalise
+from models.inference.pipeline import BrainLDMPipeline
 
 
 def test_bundle_loop_matches_the_project_sampler(tiny_model_dir: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from jobs.settings import JobSettings
-from models.execution import Execution, Precision
+from models.inference.execution import Execution, Precision
 
 
 class WorkerSettings(JobSettings):

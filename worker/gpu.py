@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from models.pipeline import BrainLDMPipeline
-from models.registry import resolve_model_dir
+from models.catalogue.registry import resolve_model_dir
+from models.inference.pipeline import BrainLDMPipeline
 from worker.config import get_settings
 
 

@@ -11,7 +11,7 @@ renews it: a daemon thread in each worker process, every ``interval`` seconds,
 * records the worker in ``brainsynth:workers`` (score = time), the readiness probe's notion of a live
   worker (a busy solo worker cannot answer ``celery inspect ping``; its heartbeat thread can);
 * polls the running task's cohort and sets a :class:`threading.Event` once it is canceled, failed or
-  deleted, which the sampler checks between steps and network blocks (:func:`models.pipeline.stop_points`).
+  deleted, which the sampler checks between steps and network blocks (:func:`models.inference.pipeline.stop_points`).
 
 The thread uses its own Redis client with short timeouts and no retries: a Redis outage skips beats and
 never blocks the task.

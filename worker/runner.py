@@ -13,7 +13,8 @@ from collections.abc import Callable
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
 from jobs.state import StoredCohort, bids_prefix, cohort_json_key, stored_among
 from jobs.storage import ObjectStore
-from models.bids import (
+from models.catalogue.config import ModelConfig
+from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
     SamplerSettings,
@@ -23,10 +24,9 @@ from models.bids import (
     sidecar_path,
     t1w_path,
 )
-from models.cohort import subject_files
-from models.config import ModelConfig
+from models.dataset.writer import subject_files
 from models.errors import GenerationStopped
-from models.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
+from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker.writer import BackgroundWriter
 
 

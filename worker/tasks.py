@@ -18,9 +18,9 @@ from celery import Task, signals
 from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
 from jobs.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
 from jobs.storage import ObjectStore, StorageError, cohort_prefix
-from models.config import read_model_config
+from models.catalogue.config import read_model_config
+from models.catalogue.registry import resolve_model_dir
 from models.errors import BrainSynthError
-from models.registry import resolve_model_dir
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.gpu import pipeline_for

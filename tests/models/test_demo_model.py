@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from models.cli import main
-from models.conditioning import Covariates
-from models.pipeline import BrainLDMPipeline
-from models.registry import ZOO_DIR, resolve_model_dir
+from brainsynth.cli import main
+from models.catalogue.registry import ZOO_DIR, resolve_model_dir
+from models.cohort.conditioning import Covariates
+from models.inference.pipeline import BrainLDMPipeline
 
 
 def test_demo_model_is_shipped_and_listed(capsys: pytest.CaptureFixture[str]) -> None:

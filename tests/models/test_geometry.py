@@ -13,12 +13,12 @@ from nilearn import datasets
 from nilearn.image import smooth_img
 from scipy import ndimage
 
-from models.design import CohortDesign, design_subjects
-from models.nifti import MNI_BRAIN_CENTRE_MM, grid_affine, mni_centred_affine
-from models.phantoms import load_template, make_phantom, phantom_affine
-from models.pipeline import BrainLDMPipeline
-from models.presets import demo
-from models.registry import resolve_model_dir
+from models.catalogue.presets import demo
+from models.catalogue.registry import resolve_model_dir
+from models.cohort.design import CohortDesign, design_subjects
+from models.cohort.nifti import MNI_BRAIN_CENTRE_MM, grid_affine, mni_centred_affine
+from models.inference.pipeline import BrainLDMPipeline
+from models.training.phantoms import load_template, make_phantom, phantom_affine
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,7 +68,7 @@ def test_a_phantom_lies_on_mni152_through_its_written_affine(grid: str) -> None:
 
 def test_a_demo_cohort_lies_on_mni152_through_its_own_affine(tmp_path: Path) -> None:
     """Every subject of a 12-subject demo cohort (DDIM, 50 steps: the defaults), as written to NIfTI."""
-    from models.cohort import write_cohort
+    from models.dataset.writer import write_cohort
 
     pipeline = BrainLDMPipeline.from_dir(resolve_model_dir("demo"))
     specs = design_subjects(CohortDesign(12, seed=4), pipeline.config.conditioning)

@@ -271,7 +271,7 @@ def test_a_cohort_record_lost_from_redis_is_rebuilt_from_storage(stack: LocalSta
 
 
 def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from brainsynth.cli import main
 
     common = ["--url", stack.url, "--api-key", KEYS["lab-a"]]
     assert main(["submit", "--model", "tiny", "--n", "2", "--seed", "4", "--age", "70", "--sex", "F",
@@ -306,7 +306,7 @@ def test_a_model_registered_while_the_stack_runs_is_served_at_once(
     stack: LocalStack, client: BrainSynthClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`brainsynth models register DIR` into the server's registry: no restart of the API or workers."""
-    from models.cli import main as models_main
+    from brainsynth.cli import main as models_main
     from tests.conftest import make_model_dir
 
     monkeypatch.setenv("BRAINSYNTH_MODELS_DIR", stack.settings["BRAINSYNTH_MODELS_DIR"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from models.execution import Execution
+from models.inference.execution import Execution
 from worker import config, gpu
 
 
@@ -51,8 +51,8 @@ def test_bad_settings_name_the_variable(
 
 def test_a_subject_job_and_its_spec_convert_both_ways() -> None:
     from jobs.contract import SubjectJob
-    from models.conditioning import Covariates
-    from models.design import SubjectSpec
+    from models.cohort.conditioning import Covariates
+    from models.cohort.design import SubjectSpec
 
     spec = SubjectSpec("sub-000003", Covariates("F", 66.0, 25000.0, 1510000.0), 12345)
     job = SubjectJob.from_spec(spec, tenant="lab-a", cohort_id="c1", model="demo", sampler="ddim", steps=50)

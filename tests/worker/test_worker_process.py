@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +17,11 @@ from celery import Celery
 from jobs.contract import GENERATE_SUBJECTS, SubjectJob
 from jobs.state import CohortState, StoredCohort, connect, register_cohort
 from jobs.storage import ObjectStore
-from models.cohort import write_cohort
-from models.design import CohortDesign, design_subjects
-from models.pipeline import BrainLDMPipeline
+from models.cohort.design import CohortDesign, design_subjects
+from models.dataset.writer import write_cohort
+from models.inference.pipeline import BrainLDMPipeline
 from service.localstack import RedisServer, S3Server, start_redis
+from service.stack import start_worker_process, stop_process
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,22 +58,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, tiny_mo
         "model": models_dir / "tiny",
     }
     redis_server.stop()
-
-
-def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
-               "--without-mingle", "--without-gossip", "--loglevel=INFO"]  # fmt: skip
-    with open(log, "ab") as sink:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _jobs(cohort: str, n: int, steps: int, model_dir: Path) -> list[tuple[dict, bytes]]:
@@ -121,7 +104,7 @@ def _wait_until_started(broker: redis.Redis, cohort: str, participant: str) -> N
 
 
 def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
-    worker = _start_worker(stack["env"], stack["run"] / "worker-a.log")
+    worker = start_worker_process(1, stack["env"], stack["run"] / "worker-a.log")
     try:
         jobs = _jobs("c-simple", 2, 4, stack["model"])
         _register(stack, "c-simple", [payload for payload, _ in jobs])
@@ -135,14 +118,14 @@ def test_subjects_are_stored_once_with_the_local_bytes(stack: dict) -> None:
         assert {o["outcome"] for o in again} <= {"already_stored", "not_run"}  # the cohort may have succeeded
         assert len(_subject_keys(stack, "c-simple")) == 4  # 2 x (NIfTI + sidecar), nothing duplicated
     finally:
-        _stop(worker)
+        stop_process(worker)
 
 
 def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
     ((payload, expected),) = _jobs("c-killed", 1, 30, stack["model"])
     _register(stack, "c-killed", [payload])
     broker = redis.Redis.from_url(stack["redis"].url)
-    first = _start_worker(stack["env"], stack["run"] / "worker-b.log")
+    first = start_worker_process(2, stack["env"], stack["run"] / "worker-b.log")
     result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
     _wait_until_started(broker, "c-killed", payload["participant_id"])
     assert _attempts(broker, "c-killed", payload["participant_id"]) == 1, "the task never started"
@@ -152,7 +135,7 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
         result_key
         := f"tenants/lab-a/cohorts/c-killed/bids/{payload['participant_id']}/anat/{payload['participant_id']}_T1w.json"
     )
-    second = _start_worker(stack["env"], stack["run"] / "worker-c.log")
+    second = start_worker_process(3, stack["env"], stack["run"] / "worker-c.log")
     try:
         (output,) = result.get(timeout=VISIBILITY_TIMEOUT + 300)
         assert output["outcome"] == "stored"
@@ -161,7 +144,7 @@ def test_a_subject_survives_its_worker_killed_mid_task(stack: dict) -> None:
         assert stack["store"].exists(result_key)
         assert len(_subject_keys(stack, "c-killed")) == 2
     finally:
-        _stop(second)
+        stop_process(second)
 
 
 def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: dict) -> None:
@@ -169,12 +152,12 @@ def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: 
     _register(stack, "c-poison", [payload])
     broker = redis.Redis.from_url(stack["redis"].url)
     env = {**stack["env"], "BRAINSYNTH_MAX_ATTEMPTS": "1"}
-    first = _start_worker(env, stack["run"] / "worker-d.log")
+    first = start_worker_process(4, env, stack["run"] / "worker-d.log")
     result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
     _wait_until_started(broker, "c-poison", payload["participant_id"])
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    second = _start_worker(env, stack["run"] / "worker-e.log")
+    second = start_worker_process(5, env, stack["run"] / "worker-e.log")
     try:
         with pytest.raises(Exception, match="delivered 2 times") as info:
             result.get(timeout=VISIBILITY_TIMEOUT + 120)
@@ -185,7 +168,7 @@ def test_a_subject_that_keeps_killing_its_worker_ends_as_a_clear_failure(stack: 
         assert record is not None and record.status == "failed"
         assert record.error is not None and payload["participant_id"] in record.error
     finally:
-        _stop(second)
+        stop_process(second)
 
 
 def _long_batch(stack: dict, cohort: str, n: int) -> list[dict]:
@@ -208,7 +191,7 @@ def test_a_task_longer_than_the_visibility_timeout_is_delivered_once(stack: dict
     payload = batch[0]
     env = {**stack["env"], "BRAINSYNTH_VISIBILITY_TIMEOUT_S": "5"}  # the task runs several times as long
     broker = redis.Redis.from_url(stack["redis"].url)
-    workers = [_start_worker(env, stack["run"] / f"worker-long-{i}.log") for i in range(2)]
+    workers = [start_worker_process(20 + i, env, stack["run"] / f"worker-long-{i}.log") for i in range(2)]
     try:
         started = time.monotonic()
         result = stack["client"].send_task(GENERATE_SUBJECTS, args=[{"subjects": batch}])
@@ -221,7 +204,7 @@ def test_a_task_longer_than_the_visibility_timeout_is_delivered_once(stack: dict
         assert broker.hlen("unacked") == 0
     finally:
         for worker in workers:
-            _stop(worker)
+            stop_process(worker)
 
 
 def test_with_shipped_settings_a_killed_workers_task_runs_again_within_60_s(stack: dict) -> None:
@@ -231,7 +214,7 @@ def test_with_shipped_settings_a_killed_workers_task_runs_again_within_60_s(stac
     (payload,) = _long_batch(stack, "c-shipped", 1)
     broker = redis.Redis.from_url(stack["redis"].url)
     client = Celery("shipped", broker=stack["redis"].url, backend=stack["redis"].url)  # kombu defaults as shipped
-    first = _start_worker(env, stack["run"] / "worker-shipped-a.log")
+    first = start_worker_process(6, env, stack["run"] / "worker-shipped-a.log")
     second = None
     try:
         result = client.send_task(GENERATE_SUBJECTS, args=[{"subjects": [payload]}])
@@ -240,7 +223,7 @@ def test_with_shipped_settings_a_killed_workers_task_runs_again_within_60_s(stac
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed = time.monotonic()
-        second = _start_worker(env, stack["run"] / "worker-shipped-b.log")
+        second = start_worker_process(7, env, stack["run"] / "worker-shipped-b.log")
         while _attempts(broker, "c-shipped", payload["participant_id"]) == 1 and time.monotonic() - killed < 90:
             time.sleep(0.2)
         back_after = time.monotonic() - killed
@@ -249,6 +232,6 @@ def test_with_shipped_settings_a_killed_workers_task_runs_again_within_60_s(stac
         (output,) = result.get(timeout=300)
         assert output["outcome"] == "stored"
     finally:
-        _stop(first)
+        stop_process(first)
         if second is not None:
-            _stop(second)
+            stop_process(second)

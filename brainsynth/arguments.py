@@ -1,0 +1,201 @@
+"""Command-line pieces shared by ``brainsynth sample`` (local) and ``brainsynth submit`` (the service's
+client): one set of cohort options, turned into subjects or into an API request. Imports no torch."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from models.cohort.conditioning import EXTRAPOLATE_HINT, ConditioningRanges
+from models.cohort.design import (
+    DTYPES,
+    FEWER_STEPS_HINT,
+    SAMPLERS,
+    CohortDesign,
+    Span,
+    SubjectSpec,
+    design_subjects,
+    normalise_sex,
+    read_subjects_tsv,
+    tsv_has_column,
+    tsv_sampling,
+)
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (printed as one line, exit code 2)."""
+
+
+#: Request fields as the command line spells them, for messages that come from the model layer or the API.
+_FLAG_WORDING = {
+    EXTRAPOLATE_HINT: "pass --extrapolate to go beyond it",
+    FEWER_STEPS_HINT: "use --sampler ddim or pndm for fewer steps",
+}
+
+
+def cli_message(err: BaseException) -> str:
+    """``err``'s message in the command line's words (``--extrapolate`` where the API says ``extrapolate``)."""
+    message = str(err)
+    for api, cli in _FLAG_WORDING.items():
+        message = message.replace(api, cli)
+    return message
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are :class:`UsageError` (one line, the caller decides the exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def add_cohort_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    seed_required: bool = True,
+    model_help: str = "registered model name or model directory",
+) -> None:
+    """Model, size, seed, covariates (physical units), explicit subjects, sampler, dtype, extrapolation."""
+    parser.add_argument("--model", required=True, help=model_help)
+    parser.add_argument("--n", type=int, help="number of subjects (not needed with --subjects)")
+    seed_help = "cohort seed (subject seeds derive from it)" + (
+        "; required with --n (a --subjects file with a seed column carries its own)" if seed_required
+        else "; default: drawn by the server"
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, help=seed_help)
+    parser.set_defaults(seed_required=seed_required)
+    age = parser.add_mutually_exclusive_group()
+    age.add_argument("--age", type=float, metavar="A", help="age in years for every subject")
+    age.add_argument("--age-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform age range, years")
+    parser.add_argument(
+        "--sex", type=_sex_option, default="mixed", metavar="{F,M,mixed}",
+        help="F or M (female/male, any case) for every subject, or mixed (default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--female-fraction", type=float, default=0.5, help="share of females when --sex mixed (default 0.5)"
+    )
+    vent = parser.add_mutually_exclusive_group()
+    vent.add_argument("--ventricular-volume", type=float, metavar="V", help="ventricular CSF volume, mm3")
+    vent.add_argument("--ventricular-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
+    brain = parser.add_mutually_exclusive_group()
+    brain.add_argument("--brain-volume", type=float, metavar="B", help="head-size-normalised brain volume, mm3")
+    brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
+    parser.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
+    )
+    parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="NIfTI data type")
+    parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
+    parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
+
+
+def _sex_option(text: str) -> str:
+    """``--sex``: F/M in any case, female/male, or mixed; stored as BIDS F/M."""
+    if text.strip().lower() == "mixed":
+        return "mixed"
+    try:
+        return normalise_sex(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err}, or mixed") from err
+
+
+def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
+    if value is not None:
+        return Span.fixed(value)
+    if pair is not None:
+        return Span(pair[0], pair[1])
+    return None
+
+
+def _explicit_subjects(args: argparse.Namespace) -> list[SubjectSpec] | None:
+    """The subjects of ``--subjects`` (checked against the other options), or ``None``."""
+    if args.subjects is None:
+        if args.n is None:
+            raise UsageError("--n is required unless --subjects is given")
+        return None
+    fixed = [args.age, args.age_range, args.ventricular_volume, args.ventricular_range, args.brain_volume,
+             args.brain_range]  # fmt: skip
+    if any(v is not None for v in fixed) or args.sex != "mixed":
+        raise UsageError("--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range")
+    if not Path(args.subjects).is_file():
+        raise UsageError(f"--subjects {args.subjects} does not exist")
+    if args.seed_required and args.seed is None and not tsv_has_column(args.subjects, "seed"):
+        raise UsageError(f"--seed is required: {args.subjects} has no seed column to regenerate its subjects from")
+    subjects = read_subjects_tsv(args.subjects, args.seed or 0)
+    if args.n is not None and args.n != len(subjects):
+        raise UsageError(f"--n {args.n} but {args.subjects} lists {len(subjects)} subjects")
+    return subjects
+
+
+def _spans(args: argparse.Namespace) -> dict[str, Span | None]:
+    return {
+        "age": _span(args.age, args.age_range),
+        "ventricular_volume_mm3": _span(args.ventricular_volume, args.ventricular_range),
+        "brain_volume_mm3": _span(args.brain_volume, args.brain_range),
+    }
+
+
+def _female_fraction(args: argparse.Namespace) -> float:
+    return {"F": 1.0, "M": 0.0}.get(args.sex, args.female_fraction)
+
+
+def resolve_sampling(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The sampler and steps (``None``: the sampler's default) to use: as given, or for a ``--subjects``
+    file that records them (a participants.tsv of an earlier cohort), the file's; other settings than the
+    file's would make other images than its subjects, so they are refused rather than silently used."""
+    recorded = tsv_sampling(args.subjects) if args.subjects is not None and Path(args.subjects).is_file() else None
+    if recorded is None:
+        return args.sampler or "ddim", args.steps
+    sampler, steps = recorded
+    if args.sampler not in (None, sampler) or args.steps not in (None, steps):
+        asked = f"{args.sampler or sampler} {args.steps if args.steps is not None else steps}"
+        raise UsageError(
+            f"{args.subjects} was made with {sampler} {steps} steps, and --sampler/--steps ask for {asked}: its "
+            "subjects would come out as other images. Drop --sampler/--steps to regenerate them, or delete the "
+            "file's sampler and steps columns to sample new ones"
+        )
+    return sampler, steps
+
+
+def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> list[SubjectSpec]:
+    """Every subject the options describe (for local sampling)."""
+    explicit = _explicit_subjects(args)
+    if explicit is not None:
+        return explicit
+    if args.seed is None:
+        raise UsageError("--seed is required with --n: every subject's seed derives from it")
+    design = CohortDesign(args.n, args.seed, _female_fraction(args), **_spans(args))
+    return design_subjects(design, ranges, extrapolate=args.extrapolate)
+
+
+def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
+    request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
+    if args.authors:
+        request["authors"] = args.authors
+    sampler, steps = resolve_sampling(args)
+    request["sampler"] = {"name": sampler, **({"steps": steps} if steps is not None else {})}
+    if args.seed is not None:
+        request["seed"] = args.seed
+    explicit = _explicit_subjects(args)
+    if explicit is not None:
+        request["subjects"] = [
+            {
+                "age": s.covariates.age,
+                "sex": s.covariates.sex,
+                "ventricular_volume_mm3": s.covariates.ventricular_volume_mm3,
+                "brain_volume_mm3": s.covariates.brain_volume_mm3,
+                "seed": s.seed,
+            }
+            for s in explicit
+        ]
+        return request
+    request["n_subjects"] = args.n
+    covariates: dict[str, Any] = {"sex": {"female_fraction": _female_fraction(args)}}
+    for field, span in _spans(args).items():
+        if span is not None:
+            covariates[field] = {"value": span.lo} if span.lo == span.hi else {"min": span.lo, "max": span.hi}
+    request["covariates"] = covariates
+    return request

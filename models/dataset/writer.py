@@ -1,0 +1,113 @@
+"""Writing a cohort as a BIDS dataset: a subject's files (shared with the worker) and the on-disk writer.
+
+Who the cohort contains is decided by :mod:`models.cohort.design`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.catalogue.config import ModelConfig
+from models.cohort.conditioning import normalise
+from models.cohort.design import SubjectSpec
+from models.cohort.nifti import OutputDType, nifti_gz_bytes, to_nifti
+from models.dataset.bids import (
+    DEFAULT_COHORT_NAME,
+    MANIFEST,
+    SamplerSettings,
+    SubjectRecord,
+    dataset_files,
+    dumps,
+    manifest,
+    require_empty_folder,
+    sidecar_path,
+    t1w_path,
+    t1w_sidecar,
+)
+from models.inference.pipeline import BrainLDMPipeline, ProgressCallback, SubjectSample
+
+
+def subject_files(
+    config: ModelConfig, spec: SubjectSpec, sample: SubjectSample, settings: SamplerSettings, device: str
+) -> tuple[SubjectRecord, dict[str, bytes]]:
+    """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar."""
+    record = SubjectRecord(
+        spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps
+    )
+    image = to_nifti(
+        sample.volume,
+        np.asarray(config.affine),
+        settings.dtype,
+        description=f"synthetic {config.name} seed {spec.seed}",
+    )
+    sidecar = t1w_sidecar(config, record, settings, device)
+    return record, {
+        t1w_path(spec.participant_id): nifti_gz_bytes(image),
+        sidecar_path(spec.participant_id): dumps(sidecar).encode(),
+    }
+
+
+def write_cohort(
+    pipeline: BrainLDMPipeline,
+    subjects: Sequence[SubjectSpec],
+    out_dir: Path,
+    *,
+    sampler: str = "ddim",
+    num_inference_steps: int,
+    batch_size: int = 1,
+    dtype: OutputDType = "float32",
+    extrapolate: bool = False,
+    cohort_name: str = DEFAULT_COHORT_NAME,
+    authors: Sequence[str] | None = None,
+    callback: ProgressCallback | None = None,
+) -> Path:
+    """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
+
+    Subjects are written per batch as they finish, then the dataset-level files (the same as the service's
+    archive: :func:`models.dataset.bids.dataset_files`), then ``SHA256SUMS`` of every file, last.
+    """
+    out_dir = require_empty_folder(out_dir)
+    config = pipeline.config
+    for spec in subjects:  # fail before any compute
+        normalise(spec.covariates, config.conditioning, extrapolate=extrapolate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype, pipeline.execution)
+    records: list[SubjectRecord] = []
+    total = len(subjects) * (num_inference_steps + 1)
+    done_before = 0
+    for start in range(0, len(subjects), batch_size):
+        chunk = subjects[start : start + batch_size]
+
+        def forward(done: int, _total: int, offset: int = done_before) -> None:
+            if callback is not None:
+                callback(offset + done, total)
+
+        samples = pipeline(
+            [s.covariates for s in chunk],
+            [s.seed for s in chunk],
+            sampler=sampler,
+            num_inference_steps=num_inference_steps,
+            batch_size=batch_size,
+            extrapolate=extrapolate,
+            callback=forward,
+        )
+        done_before += len(chunk) * (num_inference_steps + 1)
+        for spec, sample in zip(chunk, samples, strict=True):
+            record, files = subject_files(config, spec, sample, settings, str(pipeline.device))
+            for relative, content in files.items():  # the sidecar comes last: it marks the subject done
+                (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (out_dir / relative).write_bytes(content)
+            records.append(record)
+    for relative, text in dataset_files(config, cohort_name, records, authors).items():
+        (out_dir / relative).write_text(text)
+    digests = [
+        (path.relative_to(out_dir).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in out_dir.rglob("*")
+        if path.is_file()
+    ]
+    (out_dir / MANIFEST).write_text(manifest(digests))
+    return out_dir

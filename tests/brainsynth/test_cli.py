@@ -1,0 +1,297 @@
+"""``brainsynth sample``: writes a cohort; bad arguments give one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from brainsynth.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_a_cohort(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cohort"
+    code, stdout, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--n",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--age-range",
+            "60",
+            "70",
+            "--sex",
+            "F",
+            "--ventricular-volume",
+            "30000",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--dtype",
+            "uint8",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    assert str(out.resolve()) in stdout and "wrote 3 subjects" in stdout
+    assert "sampling 3 subjects" in stderr  # the progress bar
+    from service.client import verify_manifest
+
+    # the same dataset-level files as the service's archive, SHA256SUMS (checked) and .bidsignore included
+    assert verify_manifest(out) == 3 * 2 + 5
+    with open(out / "participants.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert len(rows) == 3
+    assert {r["sex"] for r in rows} == {"F"}
+    assert all(60 <= float(r["age"]) <= 70 for r in rows)
+    assert {float(r["ventricular_volume_mm3"]) for r in rows} == {30000.0}
+    assert len(list(out.glob("sub-*/anat/sub-*_T1w.nii.gz"))) == 3
+
+
+def test_sample_from_a_subjects_file(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "subjects.tsv"
+    table.write_text(
+        "age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\n63\tF\t30000\t1500000\n70\tm\t45000\t1400000\n"
+    )
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--subjects",
+            str(table),
+            "--steps",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [(r["age"], r["sex"]) for r in rows] == [("63.0", "F"), ("70.0", "M")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--n", "2", "--age", "30"], "age: 30.0 years is outside the training range 44-82 years"),
+        (["--n", "2", "--age", "120", "--extrapolate"], "age: 120.0 years is beyond the extrapolation limit"),
+        (["--n", "2", "--brain-range", "1e6", "1.5e6"], "brain_volume_mm3"),
+        (["--n", "2", "--ventricular-range", "50000", "20000"], "ventricular_volume_mm3: range must be"),
+        (["--n", "0"], "n_subjects: must be between 1 and"),
+        (["--n", "2", "--female-fraction", "2"], "female_fraction"),
+        (["--n", "2", "--sampler", "ddpm", "--steps", "10"], "steps must be 1000 for ddpm"),
+        (["--n", "2", "--steps", "0"], "steps must be between 1 and 1000"),
+        (["--n", "2", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--n", "2", "--sampler", "euler"], "argument --sampler: invalid choice"),
+        (["--n", "two"], "argument --n: invalid int value"),
+        (["--n", "2", "--age", "50", "--age-range", "50", "60"], "not allowed with argument"),
+        ([], "--n is required unless --subjects is given"),
+        (["--n", "2", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
+        (["--n", "2", "--decode-slab", "0"], "(--decode-slab, BRAINSYNTH_DECODE_SLAB) must be at least 1 row"),
+        (["--n", "2", "--decode-offload"], "needs a decode slab: set --decode-slab ROWS"),
+    ],
+)
+def test_bad_arguments_give_one_line(
+    extra: list[str], expected: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--seed", "1", "--out", str(out), *extra], capsys)
+    assert code != 0
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("brainsynth: error:") and expected in lines[0]
+    assert not (out / "participants.tsv").exists()
+
+
+def test_model_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["sample", "--n", "1", "--seed", "1", "--out", str(tmp_path / "o")]
+    code, _, stderr = _run([*base, "--model", "ukb"], capsys)
+    assert code == 1 and "brainsynth models import-bundle" in stderr and stderr.count("\n") == 1
+    code, _, stderr = _run([*base, "--model", "nosuch"], capsys)
+    assert code == 1 and "no model or model directory named 'nosuch'" in stderr
+
+
+def test_non_empty_out_and_conflicting_subjects(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x").write_text("")
+    code, _, stderr = _run(
+        ["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", "--out", str(used)], capsys
+    )
+    assert code == 2 and "is not an empty folder" in stderr
+    code, _, stderr = _run(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "n"),
+            "--subjects",
+            str(tmp_path / "none.tsv"),
+            "--age",
+            "60",
+        ],
+        capsys,
+    )
+    assert code == 2 and "do not combine" in stderr
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
+    """The installed entry point, as users run it."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "brainsynth"),
+            "sample",
+            "--model",
+            "ukb",
+            "--n",
+            "1",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env={"BRAINSYNTH_MODELS_DIR": str(tmp_path / "none"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.startswith("brainsynth: error:")
+    assert "import-bundle" in result.stderr
+
+
+def test_submit_with_a_local_model_directory_says_to_register_it(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from brainsynth.cli import main as service_main
+
+    code = service_main(["submit", "--model", str(tiny_model_dir), "--n", "1", "--url", "http://127.0.0.1:9",
+                         "--api-key", "k"])  # fmt: skip
+    assert code == 2
+    assert f"brainsynth models register {tiny_model_dir}" in capsys.readouterr().err
+
+
+def test_sex_words_and_seeds_from_the_subjects_file(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """female/male in any case in flags and TSVs (stored F/M); a participants.tsv with seeds needs no --seed."""
+    table = tmp_path / "participants.tsv"
+    table.write_text(
+        "age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\tseed\n"
+        "63\tfemale\t30000\t1500000\t11\n70\tMALE\t45000\t1400000\t22\n"
+    )
+    out = tmp_path / "cohort"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--out", str(out),
+                            "--steps", "2"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert [(r["sex"], r["seed"]) for r in rows] == [("F", "11"), ("M", "22")]
+    out2 = tmp_path / "women"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--seed", "3", "--sex", "Female",
+                            "--out", str(out2), "--steps", "2"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    assert {r["sex"] for r in csv.DictReader((out2 / "participants.tsv").read_text().splitlines(), delimiter="\t")} == {
+        "F"
+    }
+    seedless = tmp_path / "seedless.tsv"
+    seedless.write_text("age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\n63\tF\t30000\t1500000\n")
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(seedless), "--out",
+                            str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == 2 and "--seed is required" in stderr and "no seed column" in stderr
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "--seed is required with --n" in stderr
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "2", "--seed", "1", "--sex", "x",
+                            "--out", str(tmp_path / "z")], capsys)  # fmt: skip
+    assert code == 2 and "sex must be F or M" in stderr
+
+
+def test_argument_errors_are_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    """A typo costs a fraction of a second: every check of the user's input runs before torch loads."""
+    import subprocess
+    import sys
+
+    cases = [["--n", "2", "--seed", "1", "--age", "300"], ["--n", "2", "--seed", "1", "--sex", "x"],
+             ["--n", "2", "--seed", "1", "--steps", "5000"], ["--subjects", str(tmp_path / "missing.tsv")]]  # fmt: skip
+    for extra in cases:
+        script = (
+            "import sys\nfrom brainsynth.cli import main\n"
+            f"code = main(['sample', '--model', 'demo', '--out', {str(tmp_path / 'o')!r}, *{extra!r}])\n"
+            "print(code, 'torch' in sys.modules)"
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert result.stdout.split()[-2:] in (["1", "False"], ["2", "False"]), (extra, result.stdout, result.stderr)
+
+
+def test_participants_tsv_records_how_to_regenerate_and_other_settings_are_refused(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tmp_path / "first"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "3", "--seed", "8", "--steps", "4",
+                            "--out", str(first)], capsys)  # fmt: skip
+    assert code == 0, stderr
+    table = first / "participants.tsv"
+    rows = list(csv.DictReader(table.read_text().splitlines(), delimiter="\t"))
+    assert {(r["sampler"], r["steps"]) for r in rows} == {("ddim", "4")}
+    again = tmp_path / "again"  # no --seed, --sampler or --steps: all from the file
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--out", str(again)],
+                           capsys)  # fmt: skip
+    assert code == 0, stderr
+    for row in rows:
+        name = f"{row['participant_id']}/anat/{row['participant_id']}_T1w.nii.gz"
+        assert (again / name).read_bytes() == (first / name).read_bytes()
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--steps", "50",
+                            "--out", str(tmp_path / "other")], capsys)  # fmt: skip
+    assert code == 2 and "was made with ddim 4 steps" in stderr and "ddim 50" in stderr
+
+
+def test_the_usage_is_made_from_the_parser_and_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from brainsynth.cli import build_parser, usage
+
+    parser, sections = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = usage()
+    assert sorted(commands.choices) == sorted(name for names in sections.values() for name in names)
+    for name in commands.choices:
+        assert f"\n  {name} " in text, name
+    assert {"sample", "train", "up", "submit", "download"} <= set(commands.choices)
+    assert main([]) == 2 and capsys.readouterr().out == text
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("brainsynth ")
+
+
+def test_one_mapping_of_errors_to_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the user typed exits 2, on either side; what went wrong elsewhere exits 1, with one line."""
+    assert main(["sample", "--model", "demo", "--n", "2", "--seed", "1", "--age", "300", "--out",
+                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert main(["list", "--limit", "0", "--url", "http://127.0.0.1:9", "--api-key", "k"]) == 2
+    assert main(["status", "some-id", "--url", "http://127.0.0.1:9", "--api-key", "k"]) == 1  # nothing listens
+    assert main(["sample", "--model", "no-such-model", "--n", "1", "--seed", "1", "--out", str(tmp_path / "p")]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainsynth: error: ")]
+    assert len(errors) == 4
+    assert "is `brainsynth up` running?" in errors[2] and "no-such-model" in errors[3]

@@ -1,0 +1,88 @@
+"""The volume probe and `brainsynth evaluate` on an 8 mm tiny model and a few phantoms (fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from brainsynth.cli import main
+from models.cohort.nifti import mni_centred_affine
+from models.evaluation.evaluate import ms_ssim_pairs
+from models.evaluation.volumes import ProbeError, VolumeProbe, agreement, pearson_r
+from models.training.phantoms import write_phantom_cohort
+from tests.conftest import make_model_dir, tiny_config
+
+#: The smallest grid MS-SSIM with 3 scales and a 5-voxel kernel admits (> 16 voxels a side).
+CONFIG = tiny_config("tiny8").model_copy(
+    update={
+        "image_shape": (20, 28, 20),
+        "voxel_size_mm": (8.0, 8.0, 8.0),
+        "affine": mni_centred_affine((20, 28, 20), 8.0),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    return {
+        "train": write_phantom_cohort(8, 3, root / "train", CONFIG),
+        "validation": write_phantom_cohort(6, 4, root / "validation", CONFIG),
+        "model": make_model_dir(root / "tiny8", CONFIG),
+        "probe": root / "probe",
+    }
+
+
+def test_agreement_measures() -> None:
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    assert pearson_r(a, 2 * a + 1) == pytest.approx(1.0)
+    assert pearson_r(a, -a) == pytest.approx(-1.0)
+    assert agreement(a * 1000, a * 1000 + 100) == {"pearson_r": 1.0, "mae_mm3": 100.0, "mape_percent": 5.21}
+
+
+def test_ms_ssim_of_identical_images_is_one_and_of_different_ones_less() -> None:
+    images = torch.rand((4, 1, *CONFIG.image_shape), generator=torch.Generator().manual_seed(0))
+    assert ms_ssim_pairs(torch.cat([images[:1]] * 3), 3, 0) == pytest.approx(1.0, abs=1e-4)
+    assert ms_ssim_pairs(images, 3, 0) < 0.5
+
+
+def test_probe_trains_validates_and_round_trips(setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "volumes", "--data", str(setup["train"]), "--validation", str(setup["validation"]),
+            "--out", str(setup["probe"]), "--model", str(setup["model"]), "--steps", "4"]  # fmt: skip
+    assert main(args) == 0
+    assert "held-out phantoms: ventricles r" in capsys.readouterr().out
+    probe = VolumeProbe.load(setup["probe"])
+    assert probe.info.image_shape == CONFIG.image_shape and probe.info.validation["n"] == 6
+    assert probe.info.ventricular_range_mm3[0] < probe.info.ventricular_range_mm3[1]
+    volumes = probe.measure(torch.rand((3, 1, *CONFIG.image_shape)))
+    assert volumes.shape == (3, 2) and (volumes > 0).all()
+    with pytest.raises(ProbeError, match="measures"):
+        probe.measure(torch.rand((1, 1, 16, 24, 16)))
+    with pytest.raises(ProbeError, match="brainsynth train volumes"):
+        VolumeProbe.load(setup["train"])
+
+
+def test_evaluate_writes_a_report_and_sweeps(setup: dict[str, Path], tmp_path: Path) -> None:
+    if not (setup["probe"] / "volume_probe.json").exists():
+        pytest.skip("needs the probe trained by the previous test")
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(setup["model"]), "--n", "4", "--out", str(out), "--probe", str(setup["probe"]),
+            "--data", str(setup["train"]), "--steps", "3", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    for measure in ("ventricles", "brain"):
+        assert -1.0 <= report["conditioning_fidelity"][measure]["pearson_r"] <= 1.0
+        assert report["conditioning_fidelity"][measure]["mae_mm3"] >= 0
+    diversity = report["diversity"]
+    assert 0 < diversity["ms_ssim_generated"] <= 1 and 0 < diversity["ms_ssim_training"] <= 1
+    assert diversity["gap"] == pytest.approx(abs(diversity["ms_ssim_generated"] - diversity["ms_ssim_training"]))
+    assert len(report["sweeps"]["ventricles"]) == 5 and len(report["sweeps"]["age"]) == 5
+    for name in ("sweep-ventricles.png", "sweep-age.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] == 5 * CONFIG.image_shape[0] * 4  # five columns, 4x magnified
+    assert "| ventricles: Pearson r" in (out / "report.md").read_text()
