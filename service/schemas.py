@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.design import SEED_MASK, OutputDType, SamplerName, unprintable
+from models.cohort.design import SEED_MASK, OutputDType, SamplerName, unprintable
 
 #: Unknown fields refused; no coercion: "3", 3.0 or true are not an integer, "yes" is not a boolean.
 _STRICT = ConfigDict(extra="forbid", strict=True)

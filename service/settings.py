@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import NoDecode
 
 from jobs.settings import JobSettings
-from models.design import DEFAULT_BATCH_SIZE
+from models.cohort.design import DEFAULT_BATCH_SIZE
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
