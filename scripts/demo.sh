@@ -27,6 +27,7 @@ for _ in $(seq 1 240); do
     sleep 0.5
 done
 ready || { echo "the stack did not become ready"; cat "$DATA/up.log"; exit 1; }
+echo "web page: $BRAINSYNTH_URL/  (sign in with the API key $BRAINSYNTH_API_KEY; API docs: $BRAINSYNTH_URL/docs)"
 
 ID=$($BIN/brainsynth submit --model demo --n 4 --seed 7 --age-range 50 80 --name "BrainSynth demo cohort")
 echo "submitted cohort $ID"
@@ -35,3 +36,8 @@ DATASET=$($BIN/brainsynth download "$ID" --out "$OUT")
 echo
 echo "demo cohort (BIDS, checked against its SHA256SUMS): $DATASET"
 ls "$DATASET"
+if [ -t 0 ]; then
+    echo
+    echo "The stack keeps running: open $BRAINSYNTH_URL/ in a browser and sign in with $BRAINSYNTH_API_KEY"
+    read -r -p "to see the cohort, its previews and the form. Press Enter to stop it. " _
+fi

@@ -14,23 +14,27 @@ import hashlib
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi_offline
 import redis
 import urllib3
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from minio import Minio
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,7 +50,9 @@ from jobs.state import (
     bids_prefix,
     cohort_json_key,
     connect,
+    link_secret,
     live_workers,
+    preview_key,
     recover_cohort,
     register_cohort,
     stored_subjects,
@@ -69,10 +75,12 @@ from models.cohort.design import (
 from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
 from models.errors import BrainSynthError, ConditioningError, SamplingError
 from service.archive import stream_zip
+from service.links import LINK_TOKEN_TTL_S, LinkSigner
 from service.schemas import (
     CohortPage,
     CohortRequest,
     CohortStatus,
+    LinkTokenOut,
     Progress,
     SubjectOut,
     SubjectPage,
@@ -81,6 +89,22 @@ from service.schemas import (
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+#: The web page (plain HTML, CSS and JS; no build step) and the API document's Swagger UI and ReDoc assets,
+#: all served from the package: the page and /docs work on a network without internet.
+WEB_DIR = Path(__file__).resolve().parent / "web"
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
+#: The page may load its own scripts, styles and images and call its own origin; nothing else.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+#: Swagger UI and ReDoc set inline styles and draw with data: and blob: URLs (no inline scripts).
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' blob:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; worker-src blob:; font-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+)
+PARTICIPANT_ID = re.compile(r"sub-[0-9]{6}")
 
 
 def _invalid(loc: list[str | int], message: str) -> HTTPException:
@@ -170,6 +194,7 @@ class Service:
         self.state = CohortState(connect(settings.broker_url, retries=3))
         self.celery = create_celery(settings)
         self.readiness = Readiness(settings)
+        self.links = LinkSigner(lambda: link_secret(self.state.redis))
 
     # -- models -----------------------------------------------------------------------------------
     def ready_model(self, name: str) -> ModelEntry:
@@ -386,6 +411,20 @@ class Service:
         root = f"cohort-{record.id}/"
         return [(root + key[len(prefix) :], size, self.store.stream(key)) for key, size in objects]
 
+    def preview(self, record: CohortRecord, participant: str, kind: str, if_none_match: str | None) -> Response:
+        """A stored subject's PNG preview (written by the worker before the subject's sidecar)."""
+        png = None
+        if PARTICIPANT_ID.fullmatch(participant):
+            png = self.store.get_bytes_if_present(preview_key(record.tenant, record.id, participant, kind))
+        if png is None:
+            raise HTTPException(404, f"no preview of {participant} in cohort {record.id}: it is not stored (yet)")
+        etag = f'"{hashlib.sha256(png).hexdigest()[:32]}"'
+        # a stored subject never changes (ids are never reused): cache it in the browser, not in shared caches
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable"}
+        if if_none_match == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
+
     def cancel(self, record: CohortRecord) -> CohortRecord:
         if record.status in (Status.SUCCEEDED, Status.FAILED):
             raise HTTPException(409, f"cohort {record.id} has already {record.status.value}: nothing to cancel")
@@ -468,6 +507,36 @@ def _tenant_of(request: Request, credentials: Annotated[HTTPAuthorizationCredent
 
 Tenant = Annotated[str, Depends(_tenant_of)]
 
+
+def _reader_of(
+    cohort_id: str,
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    token: Annotated[
+        str | None,
+        Query(
+            max_length=1024,
+            description="a link token from POST /v1/cohorts/{cohort_id}/link-token, for "
+            "clients that cannot send headers (EventSource, <img>, download links)",
+        ),
+    ] = None,
+) -> str:
+    """The tenant of the API key sent, or of a valid link token for this cohort (401 otherwise)."""
+    service: Service = request.app.state.service
+    tenant = service.settings.tenant_for(credentials.credentials) if credentials else None
+    if tenant is None and token:
+        tenant = service.links.check(token, cohort_id)
+    if tenant is None:
+        raise HTTPException(
+            401, "missing or unknown API key or link token: send Authorization: Bearer <key>, or ?token= from "
+            f"POST /v1/cohorts/{cohort_id}/link-token (valid {LINK_TOKEN_TTL_S} s)", {"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    return tenant
+
+
+#: A cohort's read-only streams (events, previews, archive): API key, or a link token for that cohort.
+Reader = Annotated[str, Depends(_reader_of)]
+
 #: Sent with every response: the API serves JSON and downloads, never pages to frame or scripts to run.
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -510,11 +579,76 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERROR, "description": "no such cohort for this tenant"},
     503: {**_ERROR, "description": "Redis or object storage is unavailable: retry after Retry-After seconds"},
 }
+STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "`event: status` with a CohortStatus on every change"},
+    **ERROR_RESPONSES,
+}
+CONFLICT = {**_ERROR, "description": "the cohort is not in a state for this (the message says which)"}
+ARCHIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/zip": {}}, "description": "the BIDS dataset, streamed (ZIP64, stored)"},
+    **ERROR_RESPONSES,
+    409: {**CONFLICT, "description": "the cohort has not finished: watch /events"},
+}
+CONFLICT_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 409: CONFLICT}
+PREVIEW_ROUTES = (
+    ("views", "preview.png", "axial, coronal and sagittal mid-slices side by side"),
+    ("axial", "preview-axial.png", "the mid-axial slice alone (for a cohort strip)"),
+)
+#: Examples of ``POST /v1/cohorts`` bodies shown in the API document (and sent by its "Try it out").
+REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {
+    "ranges": {
+        "summary": "200 subjects aged 60-80, half female, large ventricles",
+        "value": {
+            "model": "demo",
+            "name": "older adults, large ventricles",
+            "n_subjects": 200,
+            "seed": 42,
+            "covariates": {
+                "age": {"min": 60, "max": 80},
+                "sex": {"female_fraction": 0.5},
+                "ventricular_volume_mm3": {"min": 40000, "max": 60000},
+            },
+        },
+    },
+    "values": {
+        "summary": "8 subjects with fixed covariates, DPM-Solver++ 15 steps",
+        "value": {
+            "model": "demo",
+            "n_subjects": 8,
+            "covariates": {
+                "age": {"value": 65},
+                "sex": {"value": "F"},
+                "ventricular_volume_mm3": {"value": 30000},
+                "brain_volume_mm3": {"value": 1500000},
+            },
+            "sampler": {"name": "dpmpp2m", "steps": 15},
+        },
+    },
+    "subjects": {
+        "summary": "an explicit subjects list (a seed regenerates an earlier subject)",
+        "value": {
+            "model": "demo",
+            "subjects": [
+                {"age": 70, "sex": "M", "ventricular_volume_mm3": 45000, "brain_volume_mm3": 1400000, "seed": 123},
+                {"age": 55, "sex": "F", "ventricular_volume_mm3": 20000, "brain_volume_mm3": 1550000},
+            ],
+        },
+    },
+}
+API_DESCRIPTION = """Synthetic brain MRI cohorts from the latent diffusion model of Pinaya et al. 2022 (T1w, conditioned
+on age in years, sex, ventricular and brain volume in mm3). Research use only.
+
+Authenticate with `Authorization: Bearer <API key>` (the Authorize button). Submit a cohort with
+`POST /v1/cohorts`, watch `/v1/cohorts/{id}/events`, list its subjects with previews, download the BIDS
+archive. Every error answers `{"detail": ...}`; a 422 lists each invalid field's `loc`."""
 SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
     413: {**_ERROR, "description": "request body over the server's limit"},
     415: {**_ERROR, "description": "body is not application/json"},
-    422: {"description": "invalid request: each error's loc names the field"},
+    422: {
+        "description": "invalid request: each error's loc names the field",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationErrors"}}},
+    },
     429: {**_ERROR, "description": "too many of the tenant's cohorts are queued or running"},
     503: ERROR_RESPONSES[503],
 }
@@ -534,9 +668,32 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             "properties": {"detail": {"type": "string"}},
             "required": ["detail"],
         }
+        components["ValidationErrors"] = {
+            "type": "object",
+            "properties": {
+                "detail": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                            "msg": {"type": "string"},
+                            "type": {"type": "string"},
+                        },
+                        "required": ["loc", "msg"],
+                    },
+                }
+            },
+            "required": ["detail"],
+        }
         document["paths"]["/v1/cohorts"]["post"]["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CohortRequest"}}},
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/CohortRequest"},
+                    "examples": REQUEST_EXAMPLES,
+                }
+            },
         }
         app.openapi_schema = document
     return app.openapi_schema
@@ -558,8 +715,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="BrainSynth",
         version="1",
-        description="Synthetic brain MRI cohorts (Pinaya et al. 2022 latent diffusion). Research use only.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets (the default loads Swagger UI from a CDN)
+        redoc_url=None,
     )
     app.state.service = service
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -591,6 +750,27 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         detail = "object storage is unavailable: retry shortly"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: sign in, design and watch cohorts, previews, downloads (all through /v1)."""
+        return FileResponse(WEB_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
+                                                               "Cache-Control": "no-cache"})  # fmt: skip
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        """Swagger UI for /openapi.json, from local assets."""
+        return FileResponse(WEB_DIR / "docs.html", headers={"Content-Security-Policy": DOCS_CSP,
+                                                              "Cache-Control": "no-cache"})  # fmt: skip
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> FileResponse:
+        """ReDoc for /openapi.json, from local assets."""
+        return FileResponse(WEB_DIR / "redoc.html", headers={"Content-Security-Policy": DOCS_CSP,
+                                                               "Cache-Control": "no-cache"})  # fmt: skip
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Alive (no dependencies checked; answered on the event loop, never queued behind other work)."""
@@ -602,7 +782,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         checks = service.readiness.snapshot()
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
 
-    @app.get("/v1/models", tags=["models"])
+    @app.get("/v1/models", tags=["models"], responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]})
     def models(_tenant: Tenant) -> dict[str, list[dict[str, Any]]]:
         """Models on this server with their conditioning ranges (physical units)."""
         return {"models": [_model_summary(entry) for entry in list_models(check_networks=False)]}
@@ -625,7 +805,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         response.headers["Retry-After"] = "2"
         return await run_in_threadpool(service.status, record)
 
-    @app.get("/v1/cohorts", response_model=CohortPage, tags=["cohorts"])
+    @app.get(
+        "/v1/cohorts",
+        response_model=CohortPage,
+        tags=["cohorts"],
+        responses={401: ERROR_RESPONSES[401], 422: SUBMIT_RESPONSES[422], 503: ERROR_RESPONSES[503]},
+    )
     def list_cohorts(
         tenant: Tenant,
         page_size: Annotated[int, Query(ge=1)] = 20,
@@ -643,12 +828,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         token = _page_token(rows[size - 1][1], rows[size - 1][0]) if len(rows) > size else None
         return CohortPage(cohorts=cohorts, next_page_token=token)
 
-    @app.get("/v1/cohorts/{cohort_id}", response_model=CohortStatus, tags=["cohorts"])
+    @app.get("/v1/cohorts/{cohort_id}", response_model=CohortStatus, tags=["cohorts"], responses=ERROR_RESPONSES)
     def get_cohort(cohort_id: str, tenant: Tenant) -> CohortStatus:
         return service.status(service.load(tenant, cohort_id))
 
-    @app.get("/v1/cohorts/{cohort_id}/events", tags=["cohorts"])
-    async def events(cohort_id: str, tenant: Tenant) -> StreamingResponse:
+    @app.get("/v1/cohorts/{cohort_id}/events", tags=["cohorts"], responses=STREAM_RESPONSES)
+    async def events(cohort_id: str, tenant: Reader) -> StreamingResponse:
         """Server-Sent Events: a ``status`` event on every change, until a final state."""
         await run_in_threadpool(service.load, tenant, cohort_id)
 
@@ -673,24 +858,64 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
-    @app.get("/v1/cohorts/{cohort_id}/subjects", response_model=SubjectPage, tags=["cohorts"])
+    @app.get(
+        "/v1/cohorts/{cohort_id}/subjects", response_model=SubjectPage, tags=["cohorts"], responses=ERROR_RESPONSES
+    )
     def subjects(cohort_id: str, tenant: Tenant) -> SubjectPage:
         """Per-subject covariates, seed, status and short-lived presigned URLs of stored files."""
         return service.subjects(service.load(tenant, cohort_id))
 
-    @app.get("/v1/cohorts/{cohort_id}/archive", tags=["cohorts"])
-    def archive(cohort_id: str, tenant: Tenant) -> StreamingResponse:
+    @app.get("/v1/cohorts/{cohort_id}/archive", tags=["cohorts"], responses=ARCHIVE_RESPONSES)
+    def archive(cohort_id: str, tenant: Reader) -> StreamingResponse:
         """The cohort's BIDS dataset as a ZIP (ZIP64, stored), streamed from object storage."""
         entries = service.archive_entries(service.load(tenant, cohort_id))
         headers = {"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.zip"'}
         return StreamingResponse(stream_zip(entries), media_type="application/zip", headers=headers)
 
-    @app.post("/v1/cohorts/{cohort_id}/cancel", response_model=CohortStatus, tags=["cohorts"])
+    @app.post(
+        "/v1/cohorts/{cohort_id}/link-token", response_model=LinkTokenOut, tags=["cohorts"], responses=ERROR_RESPONSES
+    )
+    def link_token(cohort_id: str, tenant: Tenant) -> LinkTokenOut:
+        """A token, valid 10 minutes, that opens this cohort's events, previews and archive as ?token=
+        (for browsers: EventSource and <img> cannot send the API key, which must never go in a URL)."""
+        record = service.load(tenant, cohort_id)
+        token, issued = service.links.issue(tenant, record.id)
+        expires = datetime.fromtimestamp(issued.expires_at, UTC).isoformat().replace("+00:00", "Z")
+        return LinkTokenOut(token=token, cohort_id=record.id, expires_at=expires, expires_in_s=LINK_TOKEN_TTL_S)
+
+    def preview_route(kind: str) -> Callable[..., Response]:
+        def preview(
+            cohort_id: str,
+            participant_id: str,
+            tenant: Reader,
+            if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+        ) -> Response:
+            return service.preview(service.load(tenant, cohort_id), participant_id, kind, if_none_match)
+
+        return preview
+
+    for kind, suffix, what in PREVIEW_ROUTES:
+        app.add_api_route(
+            f"/v1/cohorts/{{cohort_id}}/subjects/{{participant_id}}/{suffix}",
+            preview_route(kind),
+            methods=["GET"],
+            tags=["cohorts"],
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": f"PNG: {what}"}, **ERROR_RESPONSES},
+            summary=f"Preview of a stored subject: {what}",
+            description="Neurological convention (the subject's left on the left), labelled L/R, A/P, S/I, "
+            "intensity window 0-1 for every subject. API key or link token. Cached privately (ETag; immutable).",
+            name=f"preview_{kind}",
+        )
+
+    @app.post(
+        "/v1/cohorts/{cohort_id}/cancel", response_model=CohortStatus, tags=["cohorts"], responses=CONFLICT_RESPONSES
+    )
     def cancel(cohort_id: str, tenant: Tenant) -> CohortStatus:
         """Queued subjects are not run; finished ones stay; the status becomes canceled."""
         return service.status(service.cancel(service.load(tenant, cohort_id)))
 
-    @app.delete("/v1/cohorts/{cohort_id}", status_code=204, tags=["cohorts"])
+    @app.delete("/v1/cohorts/{cohort_id}", status_code=204, tags=["cohorts"], responses=CONFLICT_RESPONSES)
     def delete(cohort_id: str, tenant: Tenant) -> Response:
         """Remove a finished or canceled cohort and all its objects."""
         service.delete(service.load(tenant, cohort_id))

@@ -17,9 +17,15 @@ class CovariateSpec(BaseModel):
 
     model_config = _STRICT
 
-    value: float | None = Field(None, allow_inf_nan=False)
-    min: float | None = Field(None, allow_inf_nan=False)
-    max: float | None = Field(None, allow_inf_nan=False)
+    value: float | None = Field(
+        None, allow_inf_nan=False, description="every subject gets this value (the covariate's unit)"
+    )
+    min: float | None = Field(
+        None, allow_inf_nan=False, description="lower end of a uniform range (the covariate's unit)"
+    )
+    max: float | None = Field(
+        None, allow_inf_nan=False, description="upper end of a uniform range (the covariate's unit)"
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> CovariateSpec:
@@ -44,8 +50,8 @@ class SexSpec(BaseModel):
 
     model_config = _STRICT
 
-    female_fraction: float | None = Field(None, ge=0.0, le=1.0)
-    value: Literal["F", "M"] | None = None
+    female_fraction: float | None = Field(None, ge=0.0, le=1.0, description="share of female subjects, 0-1")
+    value: Literal["F", "M"] | None = Field(None, description="every subject female (F) or male (M)")
 
     @model_validator(mode="after")
     def _one_form(self) -> SexSpec:
@@ -65,10 +71,10 @@ class CovariatesIn(BaseModel):
 
     model_config = _STRICT
 
-    age: CovariateSpec | None = None
-    sex: SexSpec | None = None
-    ventricular_volume_mm3: CovariateSpec | None = None
-    brain_volume_mm3: CovariateSpec | None = None
+    age: CovariateSpec | None = Field(None, description="age in years (GET /v1/models gives each model's range)")
+    sex: SexSpec | None = Field(None, description="sex: a female fraction or one value")
+    ventricular_volume_mm3: CovariateSpec | None = Field(None, description="ventricular volume in mm3")
+    brain_volume_mm3: CovariateSpec | None = Field(None, description="brain volume in mm3")
 
 
 class SubjectIn(BaseModel):
@@ -76,17 +82,17 @@ class SubjectIn(BaseModel):
 
     model_config = _STRICT
 
-    age: float = Field(allow_inf_nan=False)
-    sex: Literal["F", "M"]
-    ventricular_volume_mm3: float = Field(allow_inf_nan=False)
-    brain_volume_mm3: float = Field(allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, le=SEED_MASK)
+    age: float = Field(allow_inf_nan=False, description="years")
+    sex: Literal["F", "M"] = Field(description="F or M")
+    ventricular_volume_mm3: float = Field(allow_inf_nan=False, description="mm3")
+    brain_volume_mm3: float = Field(allow_inf_nan=False, description="mm3")
+    seed: int | None = Field(None, ge=0, le=SEED_MASK, description="the subject's seed (from participants.tsv)")
 
 
 class SamplerIn(BaseModel):
     model_config = _STRICT
 
-    name: SamplerName = "ddim"
+    name: SamplerName = Field("ddim", description="ddim, pndm, ddpm or dpmpp2m")
     steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, 1000 for ddpm, 15 for dpmpp2m")
 
 
@@ -95,17 +101,17 @@ class CohortRequest(BaseModel):
 
     model_config = _STRICT
 
-    model: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1, max_length=128, description="a model from GET /v1/models")
     name: str | None = Field(None, max_length=200, description="dataset name in dataset_description.json")
     authors: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         None, min_length=1, max_length=50, description="dataset authors in dataset_description.json"
     )
-    n_subjects: int | None = Field(None, ge=1)
+    n_subjects: int | None = Field(None, ge=1, description="cohort size (the server's limit applies)")
     seed: int | None = Field(None, ge=0, le=SEED_MASK, description="cohort seed; drawn by the server if omitted")
     covariates: CovariatesIn | None = None
-    subjects: list[SubjectIn] | None = Field(None, min_length=1)
+    subjects: list[SubjectIn] | None = Field(None, min_length=1, description="explicit subjects instead of n_subjects")
     sampler: SamplerIn = Field(default_factory=SamplerIn)
-    dtype: OutputDType = "float32"
+    dtype: OutputDType = Field("float32", description="NIfTI data type: float32 (0-1) or uint8 (0-255)")
     extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
 
     @field_validator("name")
@@ -191,3 +197,12 @@ class SubjectOut(BaseModel):
 class SubjectPage(BaseModel):
     cohort_id: str
     subjects: list[SubjectOut]
+
+
+class LinkTokenOut(BaseModel):
+    """``POST /v1/cohorts/{id}/link-token``: a short-lived token for this cohort's read-only streams."""
+
+    token: str = Field(description="pass as ?token= to /events, /archive and the subjects' preview PNGs")
+    cohort_id: str
+    expires_at: str = Field(description="ISO 8601 UTC; a stream opened before then stays open")
+    expires_in_s: int

@@ -10,8 +10,10 @@ import hashlib
 import json
 from collections.abc import Callable
 
+import numpy as np
+
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
-from jobs.state import StoredCohort, bids_prefix, cohort_json_key, stored_among
+from jobs.state import StoredCohort, bids_prefix, cohort_json_key, preview_key, stored_among
 from jobs.storage import ObjectStore
 from models.catalogue.config import ModelConfig
 from models.dataset.bids import (
@@ -24,6 +26,7 @@ from models.dataset.bids import (
     sidecar_path,
     t1w_path,
 )
+from models.dataset.previews import render_previews
 from models.dataset.writer import subject_files
 from models.errors import GenerationStopped
 from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
@@ -65,8 +68,12 @@ def generate_subjects(
 
         def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:
             job, sample = item
-            _, files = subject_files(pipeline.config, specs[job.participant_id], sample, settings, str(pipeline.device))
+            pid = job.participant_id
+            _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device))
             for relative, content in files.items():  # NIfTI first, sidecar last
+                if relative == sidecar_path(pid):  # the sidecar marks the subject stored: its previews come first
+                    for kind, png in render_previews(sample.volume, np.asarray(pipeline.config.affine)).items():
+                        store.put_bytes(preview_key(job.tenant, job.cohort_id, pid, kind), png, "image/png")
                 content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
                 store.put_bytes(prefix + relative, content, content_type)
 

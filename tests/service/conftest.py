@@ -13,7 +13,7 @@ from service.localstack import free_port
 from service.stack import LocalStack
 from tests.conftest import make_model_dir
 
-KEYS = {f"lab-{c}": f"key-{c}" for c in "abcdefg"}
+KEYS = {f"lab-{c}": f"key-{c}" for c in "abcdefghi"}
 MAX_ACTIVE = 3
 #: A cohort long enough to disturb mid-way (2 tasks of 2 subjects, ~3 s each on this CPU).
 LONG = {"model": "tiny", "n_subjects": 4, "seed": 21, "sampler": {"name": "ddim", "steps": 120}}

@@ -141,7 +141,8 @@ def test_auth_and_tenant_isolation_on_every_route(stack: LocalStack, client: Bra
     cohort = client.submit({"model": "tiny", "n_subjects": 1, "seed": 3, "sampler": {"steps": 5}})
     client.wait(cohort["id"], timeout=120)
     routes = [("GET", ""), ("GET", "/events"), ("GET", "/subjects"), ("GET", "/archive"), ("POST", "/cancel"),
-              ("DELETE", "")]  # fmt: skip
+              ("POST", "/link-token"), ("GET", "/subjects/sub-000001/preview.png"),
+              ("GET", "/subjects/sub-000001/preview-axial.png"), ("DELETE", "")]  # fmt: skip
     anonymous = httpx.Client(base_url=stack.url)
     other = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEYS['lab-b']}"})
     wrong = httpx.Client(base_url=stack.url, headers={"Authorization": "Bearer not-a-key"})
@@ -318,3 +319,40 @@ def test_a_model_registered_while_the_stack_runs_is_served_at_once(
     dataset = client.download(cohort["id"], tmp_path / "out")
     generated_by = json.loads((dataset / "dataset_description.json").read_text())["GeneratedBy"][0]
     assert generated_by["ModelName"] == "lab-model"
+
+
+def test_link_tokens_open_one_cohorts_streams_and_previews_are_cached_pngs(
+    stack: LocalStack, client: BrainSynthClient
+) -> None:
+    """A link token (for EventSource, <img>, download links) opens its own cohort's events, previews and
+    archive, nothing else; previews are PNGs, stored for every subject, outside the BIDS archive."""
+    ours = client.submit({"model": "tiny", "n_subjects": 2, "seed": 8, "sampler": {"steps": 4}})
+    theirs = client.submit({"model": "tiny", "n_subjects": 1, "seed": 9, "sampler": {"steps": 4}})
+    for cohort in (ours, theirs):
+        assert client.wait(cohort["id"], timeout=120)["status"] == "succeeded"
+    issued = client.http.post(f"/v1/cohorts/{ours['id']}/link-token")
+    assert issued.status_code == 200
+    token = issued.json()["token"]
+    assert issued.json()["expires_in_s"] == 600 and KEYS["lab-a"] not in token
+    anonymous = httpx.Client(base_url=stack.url)
+    base = f"/v1/cohorts/{ours['id']}"
+    for suffix in ("/events", "/archive", "/subjects/sub-000002/preview.png", "/subjects/sub-000002/preview-axial.png"):
+        assert anonymous.get(base + suffix, params={"token": token}).status_code == 200, suffix
+        assert anonymous.get(base + suffix, params={"token": token[:-2] + "xx"}).status_code == 401, suffix
+    # the token opens nothing else: not the cohort's other routes, not another cohort of the same tenant
+    assert anonymous.get(base, params={"token": token}).status_code == 401
+    assert anonymous.get(base + "/subjects", params={"token": token}).status_code == 401
+    assert anonymous.delete(base, params={"token": token}).status_code == 401
+    assert anonymous.get(f"/v1/cohorts/{theirs['id']}/archive", params={"token": token}).status_code == 401
+
+    preview = client.http.get(base + "/subjects/sub-000001/preview.png")
+    assert preview.headers["content-type"] == "image/png" and preview.content.startswith(b"\x89PNG")
+    assert preview.headers["cache-control"] == "private, max-age=86400, immutable"
+    again = client.http.get(
+        base + "/subjects/sub-000001/preview.png", headers={"If-None-Match": preview.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.content == b""
+    for missing in ("sub-000009", "sub-1", "..%2Fcohort.json"):
+        assert client.http.get(f"{base}/subjects/{missing}/preview.png").status_code == 404, missing
+    with zipfile.ZipFile(io.BytesIO(client.http.get(base + "/archive").content)) as archive:
+        assert not [name for name in archive.namelist() if "preview" in name or name.endswith(".png")]

@@ -210,6 +210,16 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(stack: LocalStac
         "$ref": "#/components/schemas/CohortRequest"
     }
     assert {"401", "413", "415", "422", "429", "503"} <= set(post["responses"])
+    examples = post["requestBody"]["content"]["application/json"]["examples"]
+    assert {"ranges", "values", "subjects"} <= set(examples)  # value and range covariates, an explicit list
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):  # every v1 route documents its errors, with their shape
+                assert "401" in operation["responses"] and "503" in operation["responses"], (method, path)
+                if "{cohort_id}" in path:
+                    assert "404" in operation["responses"], (method, path)
+    properties = document["components"]["schemas"]["SubjectIn"]["properties"]
+    assert properties["age"]["description"] == "years" and properties["brain_volume_mm3"]["description"] == "mm3"
     from openapi_spec_validator import validate
 
     validate(document)
