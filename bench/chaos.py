@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -200,14 +199,15 @@ def _niftis(stack: Stack, cohort_id: str) -> dict[str, bytes]:
 
 
 def _duplicate_writes(stack: Stack, cohort_id: str) -> int:
-    """Subjects a task reported as newly stored more than once (from every worker log)."""
+    """Subjects written more than once: the workers' ``subject stored`` log lines (JSON) of this cohort."""
     counts: dict[str, int] = {}
-    pattern = re.compile(
-        r"'participant_id': '(sub-\w+)', 'image_key': '[^']*" + cohort_id + r"[^']*', 'outcome': 'stored'"
-    )
     for log in (stack.data / "logs").glob("worker-*.log"):
-        for participant in pattern.findall(log.read_text(errors="replace")):
-            counts[participant] = counts.get(participant, 0) + 1
+        for line in log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("message") == "subject stored" and entry.get("cohort_id") == cohort_id:
+                counts[entry["subject_id"]] = counts.get(entry["subject_id"], 0) + 1
     return sum(n - 1 for n in counts.values() if n > 1)
 
 

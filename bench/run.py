@@ -397,7 +397,7 @@ def format_table(rows: list[dict]) -> str:
     columns = ["row", "s_per_brain", "brains_per_hour", "wall_s", "speedup", "peak_mib", "ventricles_r",
                "fidelity_vs_ddim50_percent", "max_abs_diff_vs_baseline", "max_abs_diff_vs_fp32",
                "max_abs_diff_vs_whole", "warm_up_s", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
-               "sampling_share_percent", "mb_per_s", "peak_rss_mib"]  # fmt: skip
+               "sampling_share_percent", "mb_per_s", "peak_rss_mib", "subjects_per_min"]  # fmt: skip
     used = [c for c in columns if any(c in r for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for r in rows:
@@ -416,7 +416,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=16, help="subjects per batched/fast-sampler row (default 16)")
     parser.add_argument("--archive-gb", type=float, default=2.0)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("sampling", "process", "io", "archive", "decode"))
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=("sampling", "process", "io", "archive", "decode", "scaleout")
+    )
     parser.add_argument(
         "--decode-latent", help="latent grid of the decode-memory rows (default: 20x28x20 on cuda, 10x14x10 on cpu)"
     )
@@ -454,6 +456,10 @@ def main() -> None:
     if "decode" not in args.skip:
         latent = args.decode_latent or ("20x28x20" if pipeline.device.type == "cuda" else "10x14x10")
         rows += decode_rows(pipeline.device, latent, say)
+    if "scaleout" not in args.skip and args.preset == "demo":
+        from bench.scaleout import scaleout_rows
+
+        rows += scaleout_rows(say)
     rows += gpu_rows(pipeline.device)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads, device {pipeline.device}"  # fmt: skip

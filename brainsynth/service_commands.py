@@ -157,7 +157,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for tenant, key in keys.items():
             shown = key if not given else "(as given)"
             print(f"  tenant {tenant}: BRAINSYNTH_API_KEY={shown}")
-        print(f"  {args.workers} worker(s); Ctrl-C stops everything", flush=True)
+        placement = (
+            f" on GPUs {', '.join(stack.gpus[i % len(stack.gpus)] for i in range(args.workers))}" if stack.gpus else ""
+        )
+        if stack.gpus and args.workers > len(stack.gpus):
+            print(f"warning: {args.workers} workers share {len(stack.gpus)} GPU(s)", file=sys.stderr)
+        print(f"  {args.workers} worker(s){placement}; Ctrl-C stops everything", flush=True)
         while True:
             for what in stack.supervise_once():
                 print(f"restarted {what}", file=sys.stderr, flush=True)

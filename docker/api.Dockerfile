@@ -12,10 +12,12 @@ COPY worker worker
 RUN pip install --no-deps . \
  && pip install "pydantic>=2.7" "pydantic-settings>=2.7" "numpy>=1.26" "nibabel>=5.2" "tqdm>=4.66" \
         "fastapi>=0.115" "uvicorn>=0.30" "httpx>=0.27" "celery[redis]>=5.5,<6" "redis>=5" "minio>=7.2,<8" \
+        "fastapi-offline>=1.7" "prometheus-client>=0.20" \
  && python -c "import sys, service.app; assert 'torch' not in sys.modules" \
  && useradd --create-home --uid 10001 brainsynth
-USER brainsynth
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=5 \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
-CMD ["uvicorn", "service.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# uvicorn's access log is off: it would write query strings (link tokens); the app logs each request itself
+CMD ["uvicorn", "service.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--no-access-log"]

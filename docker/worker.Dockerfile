@@ -1,6 +1,7 @@
 # A GPU worker: CUDA runtime, torch built for CUDA, one solo-pool Celery process per GPU.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/* && python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -15,11 +16,11 @@ COPY models models
 COPY jobs jobs
 COPY service service
 COPY worker worker
+# hadolint ignore=DL3013
 RUN pip install ".[stack]" && useradd --create-home --uid 10001 brainsynth
-USER brainsynth
+USER 10001
 # Model directories (model.json + weights) are mounted here; the shipped demo model is in the image.
 ENV BRAINSYNTH_MODELS_DIR=/models BRAINSYNTH_HEARTBEAT_FILE=/tmp/brainsynth-heartbeat
 # Alive when the heartbeat thread beat in the last 15 s (a busy solo worker cannot answer a Celery ping).
-HEALTHCHECK --interval=15s --timeout=5s --retries=3 CMD python -m worker.liveness /tmp/brainsynth-heartbeat
-CMD ["celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--hostname=worker@%h", \
-     "--without-mingle", "--without-gossip", "--loglevel=INFO"]
+HEALTHCHECK --interval=15s --timeout=5s --retries=3 CMD ["python", "-m", "worker.liveness", "/tmp/brainsynth-heartbeat"]
+CMD ["celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--hostname=worker@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO"]

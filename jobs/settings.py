@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.logs import LogFormat
 from jobs.storage import ObjectStore
 
 
@@ -26,6 +27,8 @@ class JobSettings(BaseSettings):
     #: for its running task (:mod:`worker.liveness`), so tasks of any length are never run twice at once.
     visibility_timeout_s: int = Field(30, ge=5)
     task_time_limit_s: int = Field(1800, ge=10)
+    #: ``json`` (one object per line, for log collectors) or ``text``.
+    log_format: LogFormat = "json"
 
     def object_store(self, retry_seconds: float) -> ObjectStore:
         """The cohort bucket on the configured S3 server, retrying transient errors ``retry_seconds``."""

@@ -38,6 +38,12 @@ from models.dataset.bids import sidecar_path
 PREFIX = "brainsynth"
 #: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).
 WORKERS_KEY = f"{PREFIX}:workers"
+#: Operational counts for /metrics, tenant-free: cohorts per status (kept by create, transition and delete;
+#: since the last Redis flush) and subjects settled per outcome (kept by the workers).
+COHORTS_BY_STATUS_KEY = f"{PREFIX}:metrics:cohorts-by-status"
+SUBJECT_OUTCOMES_KEY = f"{PREFIX}:metrics:subject-outcomes"
+#: Celery's queue (its Redis list) and kombu's hash of delivered, unacknowledged messages.
+QUEUE_KEYS = {"queued": "celery", "unacked": "unacked"}
 #: The API replicas' shared secret for link tokens (``service.links``), made once.
 LINK_SECRET_KEY = f"{PREFIX}:link-token-secret"
 
@@ -121,6 +127,8 @@ if not status then return false end
 for i = 4, #ARGV do
   if status == ARGV[i] then
     redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+    redis.call('HINCRBY', KEYS[3], status, -1)
+    redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
     if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
     if ARGV[1] == 'succeeded' or ARGV[1] == 'failed' or ARGV[1] == 'canceled' then
       redis.call('SREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
@@ -166,6 +174,8 @@ class CohortState:
 
     def create(self, record: CohortRecord, idempotency_key: str | None = None) -> None:
         key = cohort_key(record.id)
+        if not self.redis.exists(key):  # a re-created (recovered) record is counted once
+            self.redis.hincrby(COHORTS_BY_STATUS_KEY, record.status.value, 1)
         fields = record.model_dump(mode="json", exclude_none=True)
         fields["request"] = json.dumps(record.request, sort_keys=True)
         if idempotency_key is not None:
@@ -189,7 +199,7 @@ class CohortState:
     def transition(self, record: CohortRecord, to: Status, *, allowed_from: set[Status], error: str = "") -> bool:
         """Move the cohort to ``to`` if its current status is in ``allowed_from``; whether it moved."""
         moved = self._transition(
-            keys=[cohort_key(record.id), self._tenant(record.tenant, "active")],
+            keys=[cohort_key(record.id), self._tenant(record.tenant, "active"), COHORTS_BY_STATUS_KEY],
             args=[to.value, time.time(), error, *(s.value for s in allowed_from)],
         )
         return bool(moved)
@@ -253,7 +263,10 @@ class CohortState:
         idempotency_key = self.redis.hget(key, "idempotency_key")
         if idempotency_key is not None:
             self.release_idempotency_key(record.tenant, idempotency_key.decode(), record.id)
+        status = self.redis.hget(key, "status")
         with self.redis.pipeline() as pipe:
+            if status is not None:
+                pipe.hincrby(COHORTS_BY_STATUS_KEY, status.decode(), -1)
             pipe.delete(key, f"{key}:done", f"{key}:settled", f"{key}:attempts")
             pipe.zrem(self._tenant(record.tenant, "cohorts"), record.id)
             pipe.srem(self._tenant(record.tenant, "active"), record.id)
@@ -286,6 +299,27 @@ def link_secret(client: redis.Redis) -> bytes:
     raise redis.RedisError("the link-token secret could not be stored in Redis")
 
 
+def count_subjects(client: redis.Redis, outcome: str, n: int = 1) -> None:
+    """Add ``n`` subjects that ended as ``outcome`` (``stored`` or ``failed``) to the /metrics totals."""
+    if n:
+        client.hincrby(SUBJECT_OUTCOMES_KEY, outcome, n)
+
+
+def operational_counts(client: redis.Redis) -> dict[str, dict[str, int]]:
+    """Tenant-free counts for /metrics: cohorts per status, subjects per outcome, tasks queued and unacked."""
+    with client.pipeline() as pipe:
+        pipe.hgetall(COHORTS_BY_STATUS_KEY)
+        pipe.hgetall(SUBJECT_OUTCOMES_KEY)
+        pipe.llen(QUEUE_KEYS["queued"])
+        pipe.hlen(QUEUE_KEYS["unacked"])
+        cohorts, subjects, queued, unacked = pipe.execute()
+    return {
+        "cohorts": {status.value: max(0, int(cohorts.get(status.value.encode(), 0))) for status in Status},
+        "subjects": {outcome: int(subjects.get(outcome.encode(), 0)) for outcome in ("stored", "failed")},
+        "tasks": {"queued": int(queued), "unacked": int(unacked)},
+    }
+
+
 def live_workers(client: redis.Redis, within_s: float) -> int:
     """How many workers beat (``worker.liveness``) in the last ``within_s`` seconds."""
     return int(client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
@@ -303,16 +337,15 @@ def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_i
     Done subjects are those whose sidecar exists; the status is the stored final one, else running or
     queued. The caller re-queues the batches that still have a subject to store (:func:`stored_subjects`).
     """
-    key = cohort_json_key(tenant, cohort_id)
-    if not store.exists(key):
+    raw = store.get_bytes_if_present(cohort_json_key(tenant, cohort_id))
+    if raw is None:  # never existed, or deleted meanwhile
         return None
-    stored = StoredCohort.model_validate_json(store.get_bytes(key))
+    stored = StoredCohort.model_validate_json(raw)
     if stored.tenant != tenant:
         return None
     done = stored_subjects(store, stored)
-    final: dict[str, Any] = {}
-    if store.exists(state_json_key(tenant, cohort_id)):
-        final = json.loads(store.get_bytes(state_json_key(tenant, cohort_id)))
+    final_raw = store.get_bytes_if_present(state_json_key(tenant, cohort_id))
+    final: dict[str, Any] = json.loads(final_raw) if final_raw is not None else {}
     status = Status(final["status"]) if final else (Status.RUNNING if done else Status.QUEUED)
     record = CohortRecord(
         id=stored.id,

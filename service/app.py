@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import fastapi_offline
 import redis
@@ -36,10 +36,12 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from minio import Minio
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
+from jobs.logs import configure_logging
 from jobs.queue import create_app as create_celery
 from jobs.state import (
     FINAL,
@@ -76,6 +78,7 @@ from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
 from models.errors import BrainSynthError, ConditioningError, SamplingError
 from service.archive import stream_zip
 from service.links import LINK_TOKEN_TTL_S, LinkSigner
+from service.metrics import ApiMetrics, RequestMetricsAndLog
 from service.schemas import (
     CohortPage,
     CohortRequest,
@@ -341,7 +344,7 @@ class Service:
         record = self.state.get(cohort_id)
         if record is not None and record.tenant != tenant:
             # the same storage lookup a miss makes, so timing cannot tell another tenant's id from a random one
-            self.store.exists(cohort_json_key(tenant, cohort_id))
+            self.store.get_bytes_if_present(cohort_json_key(tenant, cohort_id))
             raise HTTPException(404, f"cohort {cohort_id} not found")
         if record is None:
             record = recover_cohort(self.state, self.store, tenant, cohort_id)
@@ -354,7 +357,11 @@ class Service:
         return record
 
     def stored(self, record: CohortRecord) -> StoredCohort:
-        return StoredCohort.model_validate_json(self.store.get_bytes(cohort_json_key(record.tenant, record.id)))
+        """The cohort's request as stored; 404 when it is gone (deleted while this request was answered)."""
+        raw = self.store.get_bytes_if_present(cohort_json_key(record.tenant, record.id))
+        if raw is None:
+            raise HTTPException(404, f"cohort {record.id} not found")
+        return StoredCohort.model_validate_json(raw)
 
     def status(self, record: CohortRecord) -> CohortStatus:
         done, _ = self.state.progress(record.id)
@@ -502,6 +509,7 @@ def _tenant_of(request: Request, credentials: Annotated[HTTPAuthorizationCredent
         raise HTTPException(
             401, "missing or unknown API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
         )
+    request.scope["brainsynth.tenant"] = tenant  # for the request log line (the name, never the key)
     return tenant
 
 
@@ -531,6 +539,7 @@ def _reader_of(
             401, "missing or unknown API key or link token: send Authorization: Bearer <key>, or ?token= from "
             f"POST /v1/cohorts/{cohort_id}/link-token (valid {LINK_TOKEN_TTL_S} s)", {"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
+    request.scope["brainsynth.tenant"] = tenant
     return tenant
 
 
@@ -702,6 +711,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: read from the environment)."""
     settings = settings or ServiceSettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_format)
     if not settings.api_keys:
         raise ValueError("no API keys configured: set BRAINSYNTH_API_KEYS (TENANT=KEY,...) or BRAINSYNTH_API_KEYS_FILE")
     service = Service(settings)
@@ -733,6 +743,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(SecurityHeaders)
+    metrics = ApiMetrics(service.readiness.redis)  # the prober's client: 0.5 s timeouts, no retries
+    app.add_middleware(RequestMetricsAndLog, metrics=metrics)
 
     @app.exception_handler(BrainSynthError)
     async def _domain_error(_request: Request, err: BrainSynthError) -> JSONResponse:
@@ -777,10 +789,31 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
+    async def readyz(
+        workers: Annotated[
+            Literal["required", "optional"],
+            Query(description="optional: ready without a live worker (an orchestrator that scales workers to zero)"),
+        ] = "required",
+    ) -> JSONResponse:
         """Ready: Redis and object storage answer and a worker beat in the last 10 s (probed each second)."""
         checks = service.readiness.snapshot()
-        return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
+        ready = checks["ready"] or (
+            workers == "optional" and checks.get("redis") is True and checks.get("storage") is True
+        )
+        return JSONResponse({**checks, "ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Response:
+        """Prometheus text format: requests by route and status, latency, cohorts by status, subjects by
+        outcome, queued and unacknowledged tasks, live workers (no tenant in any label)."""
+        wanted = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        if wanted is not None and not (credentials and secrets.compare_digest(credentials.credentials, wanted)):
+            raise HTTPException(
+                401, "send Authorization: Bearer <BRAINSYNTH_METRICS_TOKEN>", {"WWW-Authenticate": "Bearer"}
+            )
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["models"], responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]})
     def models(_tenant: Tenant) -> dict[str, list[dict[str, Any]]]:

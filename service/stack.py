@@ -36,6 +36,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
             process.wait()
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's list when set,
+    else one index per GPU that ``nvidia-smi -L`` lists; none without NVIDIA's driver."""
+    configured = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if configured is not None:
+        return [entry.strip() for entry in configured.split(",") if entry.strip() and entry.strip() != "-1"]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(line for line in listing.stdout.splitlines() if line.startswith("GPU "))]
+
+
 def worker_command(index: int) -> list[str]:
     """How every local worker runs: one Celery process with the solo pool (one task at a time, as on a GPU)."""
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
@@ -63,6 +76,8 @@ class LocalStack:
     s3: S3Server | None = None
     worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_process: subprocess.Popen[bytes] | None = None
+    #: GPUs the workers are spread over, one each (:func:`visible_gpus` by default).
+    gpus: list[str] = field(default_factory=visible_gpus)
 
     @property
     def url(self) -> str:
@@ -109,8 +124,18 @@ class LocalStack:
             self.data_dir / "s3", credentials["access_key"], credentials["secret_key"], port_base=s3_port_base
         )
 
+    def worker_env(self, index: int) -> dict[str, str]:
+        """Worker ``index``'s environment: with GPUs visible, it sees only GPU ``index`` (round robin when
+        there are more workers than GPUs), so N workers on N GPUs never share one."""
+        env = self.env()
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[index % len(self.gpus)]
+        if env.get("BRAINSYNTH_METRICS_PORT"):  # one metrics port per worker process: the given one, +1, +2 ...
+            env["BRAINSYNTH_METRICS_PORT"] = str(int(env["BRAINSYNTH_METRICS_PORT"]) + index)
+        return env
+
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        process = start_worker_process(index, self.env(), self.logs / f"worker-{index}.log")
+        process = start_worker_process(index, self.worker_env(index), self.logs / f"worker-{index}.log")
         if index < len(self.worker_processes):
             self.worker_processes[index] = process
         else:
@@ -119,7 +144,8 @@ class LocalStack:
 
     def start_api(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", self.host,
-                   "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+                   "--port", str(self.port), "--log-level", "warning",
+                   "--no-access-log"]  # fmt: skip
         with open(self.logs / "api.log", "ab") as sink:
             self.api_process = subprocess.Popen(
                 command, env=self.env(), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT

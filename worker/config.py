@@ -31,6 +31,10 @@ class WorkerSettings(JobSettings):
     storage_retry_s: float = Field(120.0, ge=1)
     #: Deliveries of one subject before it is failed for good (a poison task ends, it does not loop).
     max_attempts: int = Field(3, ge=1)
+    #: Prometheus metrics of this worker on http://METRICS_HOST:METRICS_PORT/metrics (tenant-free labels);
+    #: off unless a port is set. Loopback by default; 0.0.0.0 in a container that a scraper reaches.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _valid_execution(self) -> WorkerSettings:

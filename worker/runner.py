@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -30,7 +32,10 @@ from models.dataset.previews import render_previews
 from models.dataset.writer import subject_files
 from models.errors import GenerationStopped
 from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
+from worker import metrics
 from worker.writer import BackgroundWriter
+
+log = logging.getLogger(__name__)
 
 
 def generate_subjects(
@@ -68,6 +73,7 @@ def generate_subjects(
 
         def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:
             job, sample = item
+            started = time.perf_counter()
             pid = job.participant_id
             _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device))
             for relative, content in files.items():  # NIfTI first, sidecar last
@@ -76,6 +82,16 @@ def generate_subjects(
                         store.put_bytes(preview_key(job.tenant, job.cohort_id, pid, kind), png, "image/png")
                 content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
                 store.put_bytes(prefix + relative, content, content_type)
+            device = str(pipeline.device)
+            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            metrics.SUBJECTS.labels(job.model, job.sampler, device).inc()
+            metrics.SUBJECT_SECONDS.labels(job.model, job.sampler, device).observe(sample.seconds)
+            metrics.DECODE_SECONDS.labels(job.model, device).observe(sample.decode_seconds)
+            log.info(
+                "subject stored",
+                extra={"cohort_id": job.cohort_id, "subject_id": pid, "tenant": job.tenant,
+                       "seconds": round(sample.seconds, 3), "write_seconds": round(time.perf_counter() - started, 3)},
+            )  # fmt: skip
 
         samples = pipeline.generate(
             [spec.covariates for spec in specs.values()],
@@ -99,6 +115,7 @@ def generate_subjects(
                         )
             except GenerationStopped:
                 pass  # the subjects submitted so far are written when the writer closes; the rest are not run
+        metrics.record_gpu_peak(str(pipeline.device))
     return [results[job.participant_id] for job in batch.subjects]
 
 

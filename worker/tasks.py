@@ -16,11 +16,21 @@ from typing import Any
 from celery import Task, signals
 
 from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
-from jobs.state import FINAL, CohortRecord, CohortState, Status, connect, recover_cohort, write_final_state
+from jobs.state import (
+    FINAL,
+    CohortRecord,
+    CohortState,
+    Status,
+    connect,
+    count_subjects,
+    recover_cohort,
+    write_final_state,
+)
 from jobs.storage import ObjectStore, StorageError, cohort_prefix
 from models.catalogue.config import read_model_config
 from models.catalogue.registry import resolve_model_dir
 from models.errors import BrainSynthError
+from worker import metrics
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.gpu import pipeline_for
@@ -55,6 +65,10 @@ def heartbeat() -> Heartbeat:
 @signals.worker_ready.connect
 def _start_heartbeat(**_: object) -> None:
     heartbeat()
+    settings = get_settings()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
 
 @signals.worker_shutdown.connect
@@ -85,8 +99,14 @@ def _settle(record: CohortRecord, participants: list[str]) -> None:
         app.send_task(FINALIZE_COHORT, args=[finalize.model_dump()])
 
 
-def _fail(record: CohortRecord, participants: list[str], reason: str) -> None:
+def _fail(record: CohortRecord, participants: list[str], reason: str, kind: str) -> None:
     state = cohort_state()
+    metrics.FAILURES.labels(kind=kind).inc()
+    count_subjects(state.redis, "failed", len(participants))
+    log.warning(
+        "subjects failed: %s", reason, extra={"cohort_id": record.id, "tenant": record.tenant,
+                                              "subject_id": ",".join(participants), "failure": kind},
+    )  # fmt: skip
     error = f"{', '.join(participants)}: {reason}"
     if state.transition(record, Status.FAILED, allowed_from={Status.QUEUED, Status.RUNNING}, error=error):
         try:
@@ -115,24 +135,27 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     limit = get_settings().max_attempts
     if attempts > limit:
         reason = f"delivered {attempts} times (limit {limit}): it keeps stopping its worker; giving up on it"
-        _fail(record, participants, reason)
+        _fail(record, participants, reason, "poison")
         raise PoisonTaskError(f"{', '.join(participants)} of cohort {first.cohort_id} was {reason}")
+    if attempts > 1:
+        metrics.REDELIVERIES.inc()
     state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
     beat = heartbeat()
     stop = beat.begin(first.cohort_id, _delivery_tag(self))
     try:
         results = generate_subjects(batch, store, pipeline_for, get_settings().writer_threads, stop.is_set)
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
-        _fail(record, participants, str(err))
+        _fail(record, participants, str(err), "model")
         raise
     except StorageError as err:  # storage stayed down past the retry budget: fail the cohort, naming why
-        _fail(record, participants, f"object storage failed: {err}")
+        _fail(record, participants, f"object storage failed: {err}", "storage")
         raise
     finally:
         beat.end()
     for result in results:
         if result.outcome != "not_run":
             state.mark_done(record.id, result.participant_id)
+    count_subjects(state.redis, "stored", sum(result.outcome == "stored" for result in results))
     if state.get(record.id) is None:  # deleted while this task ran: remove what it wrote after the delete
         store.delete_prefix(cohort_prefix(first.tenant, first.cohort_id))
         return [result.model_dump() for result in results]

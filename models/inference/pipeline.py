@@ -8,6 +8,7 @@ with one generator per subject (see :mod:`models.inference.sampling` for the noi
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ class SubjectSample:
     seed: int
     covariates: Covariates
     conditioning: tuple[float, float, float, float]
+    #: Wall time of this subject: its share of its batch's denoising plus its own decode (seconds).
+    seconds: float = 0.0
+    #: Its decode alone (seconds).
+    decode_seconds: float = 0.0
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -233,6 +238,7 @@ class BrainLDMPipeline:
 
             # compiled graphs would recompile around hooks: with --compile a stop waits for the step's end
             hooked = [] if self.execution.compile else [self.unet, self.autoencoder]
+            denoise_started = time.perf_counter()
             with torch.inference_mode(), self._autocast(), stop_points(hooked, should_stop):
                 conditioning = torch.tensor(vectors[start:stop], dtype=torch.float32, device=self.device)
                 latents = denoise(
@@ -245,15 +251,20 @@ class BrainLDMPipeline:
                     eta=eta,
                     callback=on_step,
                 )
+            denoise_share = (time.perf_counter() - denoise_started) / width
             for offset in range(width):
                 check_stop()
+                decode_started = time.perf_counter()
                 with stop_points(hooked, should_stop):
                     volume = self.decode(latents[offset : offset + 1], should_stop)
+                decoded = time.perf_counter() - decode_started
                 index = start + offset
                 done += 1
                 if callback is not None:
                     callback(done, total)
-                yield SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index])
+                yield SubjectSample(
+                    volume, int(seeds[index]), covariates[index], vectors[index], denoise_share + decoded, decoded
+                )
 
     def _autocast(self) -> torch.autocast | nullcontext:
         if self.execution.precision is None:

@@ -15,6 +15,7 @@ from tests.conftest import make_model_dir
 
 KEYS = {f"lab-{c}": f"key-{c}" for c in "abcdefghi"}
 MAX_ACTIVE = 3
+WORKER_METRICS_PORT = free_port()
 #: A cohort long enough to disturb mid-way (2 tasks of 2 subjects, ~3 s each on this CPU).
 LONG = {"model": "tiny", "n_subjects": 4, "seed": 21, "sampler": {"name": "ddim", "steps": 120}}
 
@@ -46,6 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             "BRAINSYNTH_MAX_BODY_BYTES": "20000",
             "BRAINSYNTH_SUBJECTS_PER_TASK": "2",  # so a 4-subject cohort can be disturbed between its tasks
             "BRAINSYNTH_STORAGE_RETRY_S": "15",  # an outage test outlasts it in seconds, not minutes
+            "BRAINSYNTH_METRICS_PORT": str(WORKER_METRICS_PORT),  # worker i serves its metrics on this + i
         },
     )
     local.start()

@@ -356,3 +356,19 @@ def test_link_tokens_open_one_cohorts_streams_and_previews_are_cached_pngs(
         assert client.http.get(f"{base}/subjects/{missing}/preview.png").status_code == 404, missing
     with zipfile.ZipFile(io.BytesIO(client.http.get(base + "/archive").content)) as archive:
         assert not [name for name in archive.namelist() if "preview" in name or name.endswith(".png")]
+
+
+def test_a_cohort_deleted_while_a_request_reads_it_is_a_404_not_a_500(
+    stack: LocalStack, client: BrainSynthClient
+) -> None:
+    """The race schemathesis found: the Redis record still there, the stored request already gone."""
+    from jobs.state import cohort_json_key
+    from jobs.storage import ObjectStore
+
+    cohort = client.submit({"model": "tiny", "n_subjects": 1, "seed": 31, "sampler": {"steps": 3}})
+    assert client.wait(cohort["id"], timeout=120)["status"] == "succeeded"
+    assert stack.s3 is not None
+    store = ObjectStore(stack.s3.endpoint, stack.s3.access_key, stack.s3.secret_key, "brainsynth")
+    store.client.remove_object(store.bucket, cohort_json_key("lab-a", cohort["id"]))
+    response = client.http.get(f"/v1/cohorts/{cohort['id']}/subjects")
+    assert response.status_code == 404 and cohort["id"] in response.json()["detail"]

@@ -135,8 +135,11 @@ def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -
     command = [sys.executable, "-m", "brainsynth.cli", "up", "--port", str(port), "--data-dir", str(data_dir),
                "--api-key-file", str(keys), "--workers", "2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT as a terminal delivers it, even under a shell that ignores it for background jobs (an ignored
+    # SIGINT is inherited, and Python then never raises KeyboardInterrupt)
     up = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)  # fmt: skip
+                          start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         assert _wait_ready(url, up, 90), "brainsynth up did not become ready"
         children = _children(up.pid)
