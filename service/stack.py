@@ -126,10 +126,14 @@ class LocalStack:
 
     def worker_env(self, index: int) -> dict[str, str]:
         """Worker ``index``'s environment: with GPUs visible, it sees only GPU ``index`` (round robin when
-        there are more workers than GPUs), so N workers on N GPUs never share one."""
+        there are more workers than GPUs), so N workers on N GPUs never share one; without GPUs, N workers
+        split the CPU cores between their torch threads."""
         env = self.env()
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[index % len(self.gpus)]
+        elif self.workers > 1 and "OMP_NUM_THREADS" not in env:
+            # CPU workers share the cores instead of each spawning a thread per core (oversubscription)
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         if env.get("BRAINSYNTH_METRICS_PORT"):  # one metrics port per worker process: the given one, +1, +2 ...
             env["BRAINSYNTH_METRICS_PORT"] = str(int(env["BRAINSYNTH_METRICS_PORT"]) + index)
         return env

@@ -205,9 +205,12 @@ def test_up_pins_each_worker_to_its_own_gpu(tmp_path: Path, monkeypatch: pytest.
     assert [stack.worker_env(i)["BRAINSYNTH_METRICS_PORT"] for i in range(2)] == ["9200", "9201"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
-    cpu_only = LocalStack(tmp_path, {"a": "k"}, gpus=[])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu_only = LocalStack(tmp_path, {"a": "k"}, workers=2, gpus=[])
     cpu_only.redis, cpu_only.s3 = stack.redis, stack.s3
     assert cpu_only.worker_env(0).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+    # two CPU workers split the cores rather than each running a torch thread per core
+    assert cpu_only.worker_env(1)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
 
 
 def test_api_image_has_no_torch_and_worker_image_has_cuda_torch() -> None:
