@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-# How the shipped demo model (models/zoo/demo, version 0.3.0) was made; see README "The demo model".
+# How the shipped demo model's weights (models/zoo/demo, 0.3.1 = 0.3.0's weights + an MNI-centred affine) were made; see README "The demo model".
 # 0.3.0 fine-tunes the UNet of 0.1.0 (and keeps its autoencoder), which git keeps at DEMO_BASE_COMMIT.
 DEMO_DATA ?= data/phantoms-4mm
 DEMO_PROBE_DATA ?= data/phantoms-4mm-probe

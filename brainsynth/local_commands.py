@@ -312,7 +312,6 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
     config = entry.config
-    ranges = config.conditioning
     return {
         "name": entry.name,
         "version": config.version,
@@ -323,17 +322,7 @@ def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
         "image_shape": list(config.image_shape),
         "voxel_size_mm": list(config.voxel_size_mm),
         "latent_shape": list(config.latent_shape),
-        "conditioning": {
-            "sex": ["F", "M"],
-            **{
-                field: {"min": spec.min, "max": spec.max, "unit": spec.unit}
-                for field, spec in (
-                    ("age", ranges.age),
-                    ("ventricular_volume_mm3", ranges.ventricular_volume_mm3),
-                    ("brain_volume_mm3", ranges.brain_volume_mm3),
-                )
-            },
-        },
+        "conditioning": {"sex": ["F", "M"], **config.conditioning.documented()},
         "intended_use": config.intended_use,
     }
 

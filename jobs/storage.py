@@ -37,6 +37,15 @@ def cohort_prefix(tenant: str, cohort_id: str) -> str:
 _MISSING_CODES = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 
 
+def _read_whole(response: urllib3.BaseHTTPResponse) -> bytes:
+    """A GET's body, with the connection returned to the pool."""
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def _is_transient(err: Exception) -> bool:
     if isinstance(err, S3Error):
         return err.code in _TRANSIENT_CODES
@@ -112,31 +121,18 @@ class ObjectStore:
     def get_bytes(self, key: str) -> bytes:
         """Read one object whole (small objects: manifests, tables)."""
 
-        def read() -> bytes:
-            response = self.client.get_object(self.bucket, key)
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-        return self._retry(f"get {key}", read)
+        return self._retry(f"get {key}", lambda: _read_whole(self.client.get_object(self.bucket, key)))
 
     def get_bytes_if_present(self, key: str) -> bytes | None:
         """Read one small object whole, or ``None`` when there is no such key."""
 
         def read() -> bytes | None:
             try:
-                response = self.client.get_object(self.bucket, key)
+                return _read_whole(self.client.get_object(self.bucket, key))
             except S3Error as err:
                 if err.code in _MISSING_CODES:
                     return None
                 raise
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
 
         return self._retry(f"get {key}", read)
 

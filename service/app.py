@@ -450,7 +450,6 @@ class Service:
 
 def _model_summary(entry: ModelEntry) -> dict[str, Any]:
     config = entry.config
-    ranges = config.conditioning
     return {
         "name": entry.name,
         "version": config.version,
@@ -459,14 +458,7 @@ def _model_summary(entry: ModelEntry) -> dict[str, Any]:
         "ready": entry.ready,
         "image_shape": list(config.image_shape),
         "voxel_size_mm": list(config.voxel_size_mm),
-        "conditioning": {
-            "sex": {"values": ["F", "M"]},
-            **{
-                field: {"min": r.min, "max": r.max, "unit": r.unit, "description": r.description}
-                for field in ("age", "ventricular_volume_mm3", "brain_volume_mm3")
-                for r in [ranges.covariate(field)]
-            },
-        },
+        "conditioning": {"sex": {"values": ["F", "M"]}, **config.conditioning.documented()},
         "samplers": {name: {"default_steps": DEFAULT_STEPS[name]} for name in SAMPLERS},
         "max_steps": config.scheduler.num_train_timesteps,
     }

@@ -73,6 +73,11 @@ class ConditioningRanges(BaseModel):
         """The range of a continuous covariate by field name."""
         return getattr(self, field)
 
+    def documented(self) -> dict[str, dict[str, float | str]]:
+        """Each continuous covariate's min, max, unit and description, as the API and ``brainsynth models``
+        list them."""
+        return {field: self.covariate(field).model_dump() for field in type(self).model_fields}
+
 
 #: The UK Biobank ranges of the paper (section 2.1).
 UKB_RANGES = ConditioningRanges(

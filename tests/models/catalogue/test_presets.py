@@ -73,7 +73,7 @@ def test_cli_models_json_lists_ukb_with_exact_counts(capsys: pytest.CaptureFixtu
     entry = listed["ukb"]
     assert entry["parameters"] == {"autoencoder": 13_766_248, "unet": 553_168_899}
     assert entry["image_shape"] == [160, 224, 160]
-    assert entry["conditioning"]["age"] == {"min": 44.0, "max": 82.0, "unit": "years"}
+    assert entry["conditioning"]["age"] == {"min": 44.0, "max": 82.0, "unit": "years", "description": "age at scan"}
     assert entry["ready"] is False
 
 
