@@ -281,3 +281,35 @@ def test_held_event_streams_and_a_post_flood_leave_health_answering_and_nothing_
     fds_second, rss_second = _fds_and_rss_kib(pid)
     assert fds_first <= fds_start + 60 and fds_second <= fds_start + 60, (fds_start, fds_first, fds_second)
     assert rss_second <= rss_first + 30 * 1024, (rss_first, rss_second)  # kB
+
+
+def test_a_flood_on_the_page_previews_link_tokens_and_metrics_answers_without_5xx(stack: LocalStack) -> None:
+    """300 calls at once over the routes the page and the operators add: the page and its assets, link tokens,
+    previews through a token, /metrics. Every answer is the expected one, none is a 5xx, and health answers."""
+    with BrainSynthClient(stack.url, KEYS["lab-f"]) as owner:
+        cohort = owner.submit({**SMALL, "seed": 41})
+        assert owner.wait(cohort["id"], timeout=60)["status"] == "succeeded"
+        token = owner.http.post(f"/v1/cohorts/{cohort['id']}/link-token").json()["token"]
+    base = f"/v1/cohorts/{cohort['id']}"
+    calls = [
+        ("GET", "/", None, 200),
+        ("GET", "/web/app.js", None, 200),
+        ("GET", "/docs", None, 200),
+        ("GET", "/metrics", None, 200),
+        ("POST", f"{base}/link-token", KEYS["lab-f"], 200),
+        ("GET", f"{base}/subjects/sub-000001/preview.png?token={token}", None, 200),
+        ("GET", f"{base}/subjects/sub-000001/preview-axial.png?token={token}", None, 200),
+        ("GET", f"{base}/subjects/sub-000001/preview.png", KEYS["lab-a"], 404),  # another tenant
+        ("POST", f"{base}/link-token", None, 401),
+    ]
+
+    def call(index: int) -> tuple[int, int]:
+        method, path, key, expected = calls[index % len(calls)]
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        with httpx.Client(base_url=stack.url, timeout=60) as http:
+            return http.request(method, path, headers=headers).status_code, expected
+
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(call, range(300)))
+    assert [got for got, expected in answers if got != expected] == []
+    assert httpx.get(stack.url + "/healthz", timeout=5).status_code == 200
