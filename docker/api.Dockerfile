@@ -1,18 +1,17 @@
 # The API server: FastAPI + the Celery client + S3 access. No torch (the API validates with torch-free code).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# The project from its wheel with the api extra (no torch, no MONAI): the dependency list lives in pyproject.toml
+# alone. The source is removed after the install, so the image runs the installed package, as users do.
+COPY pyproject.toml README.md /src/
+COPY brainsynth /src/brainsynth
+COPY models /src/models
+COPY jobs /src/jobs
+COPY service /src/service
+COPY worker /src/worker
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY brainsynth brainsynth
-COPY models models
-COPY jobs jobs
-COPY service service
-COPY worker worker
-# The project without its torch/monai dependencies, then exactly what the API imports.
-RUN pip install --no-deps . \
- && pip install "pydantic>=2.7" "pydantic-settings>=2.7" "numpy>=1.26" "nibabel>=5.2" "tqdm>=4.66" \
-        "fastapi>=0.115" "uvicorn>=0.30" "httpx>=0.27" "celery[redis]>=5.5,<6" "redis>=5" "minio>=7.2,<8" \
-        "fastapi-offline>=1.7" "prometheus-client>=0.20" \
+# hadolint ignore=DL3013
+RUN pip install "/src[api]" && rm -rf /src \
  && python -c "import sys, service.app; assert 'torch' not in sys.modules" \
  && useradd --create-home --uid 10001 brainsynth
 USER 10001

@@ -9,15 +9,17 @@ ENV PATH=/opt/venv/bin:$PATH
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu126
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+COPY pyproject.toml README.md /src/
+COPY brainsynth /src/brainsynth
+COPY models /src/models
+COPY jobs /src/jobs
+COPY service /src/service
+COPY worker /src/worker
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY brainsynth brainsynth
-COPY models models
-COPY jobs jobs
-COPY service service
-COPY worker worker
+# The project from its wheel with the worker extra; the source is removed, so the image runs the installed package.
 # hadolint ignore=DL3013
-RUN pip install ".[stack]" && useradd --create-home --uid 10001 brainsynth
+RUN pip install "/src[worker]" && rm -rf /src \
+ && useradd --create-home --uid 10001 brainsynth
 USER 10001
 # Model directories (model.json + weights) are mounted here; the shipped demo model is in the image.
 ENV BRAINSYNTH_MODELS_DIR=/models BRAINSYNTH_HEARTBEAT_FILE=/tmp/brainsynth-heartbeat

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.cohort.conditioning import Covariates
-from models.cohort.design import OutputDType, SamplerName, SubjectSpec
+from models.cohort.design import PARTICIPANT_LABEL, OutputDType, SamplerName, SubjectSpec
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
@@ -22,7 +22,7 @@ class SubjectJob(BaseModel):
     tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     model: str
-    participant_id: str = Field(pattern=r"^sub-[A-Za-z0-9]+$")
+    participant_id: str = Field(pattern=f"^{PARTICIPANT_LABEL}$")
     sex: Literal["F", "M"]
     age: float
     ventricular_volume_mm3: float

@@ -14,20 +14,21 @@ from jobs.settings import JobSettings
 
 
 def create_app(settings: JobSettings) -> Celery:
-    """The Celery app for ``settings`` (the API builds its own from its settings to send tasks)."""
+    """The Celery app for ``settings`` (the API builds its own from its settings to send tasks by name; the
+    workers' app, :mod:`worker.celery_app`, adds their task module). The visibility timeout is a transport
+    option of kombu's Redis transport (there is no top-level Celery setting of that name)."""
     transport = {
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": 2,
         "unacked_restore_throttle": 1,
     }
-    app = Celery("brainsynth", broker=settings.broker_url, backend=settings.broker_url, include=["worker.tasks"])
+    app = Celery("brainsynth", broker=settings.broker_url, backend=settings.broker_url)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        visibility_timeout=settings.visibility_timeout_s,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(settings.task_time_limit_s - 30, 5),
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -246,9 +246,6 @@ class CohortState:
         )
         return [(member.decode(), float(score)) for member, score in rows]
 
-    def active_count(self, tenant: str) -> int:
-        return int(self.redis.scard(self._tenant(tenant, "active")))
-
     def reserve_active(self, tenant: str, cohort_id: str, limit: int) -> bool:
         """Count ``cohort_id`` as one of ``tenant``'s active cohorts if fewer than ``limit`` are (atomic)."""
         return bool(self._reserve(keys=[self._tenant(tenant, "active")], args=[cohort_id, limit]))

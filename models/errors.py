@@ -33,9 +33,9 @@ class WeightsError(BrainSynthError):
 
 class SamplingError(BrainSynthError, ValueError):
     """Sampler arguments are invalid (unknown sampler, step count, batch size, device); ``field`` names the
-    request field when there is one."""
+    request field (``sampler.name``, ``sampler.steps``) when there is one."""
 
-    def __init__(self, message: str, field: str = "sampler") -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
 

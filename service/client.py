@@ -26,19 +26,29 @@ FINAL_STATES = frozenset({"succeeded", "failed", "canceled"})
 class ClientError(BrainSynthError, RuntimeError):
     """The API refused a request or could not be reached; the message says why and what to do."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, status_code: int | None = None, field_errors: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        #: A 422's invalid fields (``loc``, ``msg``), for callers that name them their own way (the CLI: flags).
+        self.field_errors = field_errors
 
 
-def _describe(response: httpx.Response) -> str:
+def _detail(response: httpx.Response) -> str | list[dict[str, Any]]:
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
         return response.text[:500] or response.reason_phrase
+    if isinstance(detail, list) and all(isinstance(item, dict) for item in detail):
+        return detail
+    return str(detail)
+
+
+def _describe(detail: str | list[dict[str, Any]]) -> str:
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}" for item in detail)
-    return str(detail)
+    return detail
 
 
 class BrainSynthClient:
@@ -68,7 +78,12 @@ class BrainSynthClient:
             message = f"cannot reach the BrainSynth API at {self.url} ({err}): is `brainsynth up` running?"
             raise ClientError(message) from err
         if response.status_code >= 400:
-            raise ClientError(f"HTTP {response.status_code}: {_describe(response)}", response.status_code)
+            detail = _detail(response)
+            raise ClientError(
+                f"HTTP {response.status_code}: {_describe(detail)}",
+                response.status_code,
+                detail if isinstance(detail, list) and response.status_code == 422 else None,
+            )
         return response
 
     def models(self) -> list[dict[str, Any]]:

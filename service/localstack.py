@@ -217,14 +217,8 @@ _WEED_CN = "brainsynth-seaweedfs"
 _WEED_GRPC = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
 
 
-def seaweed_security(run_dir: Path) -> Path:
-    """Lock SeaweedFS's internal ports to its own components: mutual TLS on every gRPC port, TLS with client
-    certificates on the master's HTTP port, JWT on the volume and filer HTTP ports. Without this any local
-    user could read or delete every object through them, bypassing the S3 credentials.
-
-    Writes a private CA, one certificate for the components and ``security.toml`` (read from ``weed``'s
-    working directory) into ``run_dir`` once, 0600; a restart reuses them. Returns the ``security.toml``.
-    """
+def _tls_files() -> dict[str, bytes]:
+    """A private CA and one certificate (with its key) for SeaweedFS's own components, as PEM files."""
     import datetime
     import ipaddress
 
@@ -233,11 +227,6 @@ def seaweed_security(run_dir: Path) -> Path:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    config = run_dir / "security.toml"
-    tls = run_dir / "tls"
-    if config.exists() and all((tls / f).exists() for f in ("ca.crt", "node.crt", "node.key")):
-        return config
-    tls.mkdir(mode=0o700, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
 
     def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: object,
@@ -265,12 +254,27 @@ def seaweed_security(run_dir: Path) -> Path:
     node_key = ec.generate_private_key(ec.SECP256R1())
     node = certificate(_WEED_CN, node_key, ca_name, ca_key, ca=False)
     pem = serialization.Encoding.PEM
-    files = {
+    return {
         "ca.crt": ca.public_bytes(pem),
         "node.crt": node.public_bytes(pem),
         "node.key": node_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     }
-    for name, content in files.items():
+
+
+def seaweed_security(run_dir: Path) -> Path:
+    """Lock SeaweedFS's internal ports to its own components: mutual TLS on every gRPC port, TLS with client
+    certificates on the master's HTTP port, JWT on the volume and filer HTTP ports. Without this any local
+    user could read or delete every object through them, bypassing the S3 credentials.
+
+    Writes a private CA, one certificate for the components and ``security.toml`` (read from ``weed``'s
+    working directory) into ``run_dir`` once, 0600; a restart reuses them. Returns the ``security.toml``.
+    """
+    config = run_dir / "security.toml"
+    tls = run_dir / "tls"
+    if config.exists() and all((tls / f).exists() for f in ("ca.crt", "node.crt", "node.key")):
+        return config
+    tls.mkdir(mode=0o700, exist_ok=True)
+    for name, content in _tls_files().items():
         (tls / name).write_bytes(content)
         (tls / name).chmod(0o600)
     cert, key, ca_file = (str(tls / n) for n in ("node.crt", "node.key", "ca.crt"))

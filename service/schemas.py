@@ -6,7 +6,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.cohort.design import SEED_MASK, OutputDType, SamplerName, unprintable
+from models.cohort.design import (
+    SEED_MASK,
+    OutputDType,
+    SamplerName,
+    default_steps_text,
+    sampler_names_text,
+    unprintable,
+)
 
 #: Unknown fields refused; no coercion: "3", 3.0 or true are not an integer, "yes" is not a boolean.
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -92,8 +99,8 @@ class SubjectIn(BaseModel):
 class SamplerIn(BaseModel):
     model_config = _STRICT
 
-    name: SamplerName = Field("ddim", description="ddim, pndm, ddpm or dpmpp2m")
-    steps: int | None = Field(None, ge=1, description="default: 50 for ddim and pndm, 1000 for ddpm, 15 for dpmpp2m")
+    name: SamplerName = Field("ddim", description=sampler_names_text())
+    steps: int | None = Field(None, ge=1, description=f"default: {default_steps_text()}")
 
 
 class CohortRequest(BaseModel):
@@ -142,20 +149,6 @@ class CohortRequest(BaseModel):
                     f"n_subjects ({self.n_subjects}) differs from the subjects listed ({len(self.subjects)})"
                 )
         return self
-
-
-def duplicate_subject(subjects: list[SubjectIn]) -> tuple[int, int] | None:
-    """(earlier index, later index) of two listed subjects with the same seed and covariates (the same
-    brain twice), else ``None``. Subjects without a seed get distinct derived seeds and never collide."""
-    seen: dict[tuple, int] = {}
-    for index, subject in enumerate(subjects):
-        if subject.seed is None:
-            continue
-        key = (subject.seed, subject.sex, subject.age, subject.ventricular_volume_mm3, subject.brain_volume_mm3)
-        if key in seen:
-            return seen[key], index
-        seen[key] = index
-    return None
 
 
 class Progress(BaseModel):

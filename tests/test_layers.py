@@ -1,9 +1,11 @@
-"""Import directions of the packages (style card 1): read from every ``import`` statement in the source (those
+"""Import directions of the packages (README, "Layout": models/ in ordered sections, jobs/ and service/ torch-free,
+nothing imports the CLI): read from every ``import`` statement in the source (those
 inside functions too), and checked at run time for what a process actually loads."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +139,25 @@ def test_the_api_settings_are_not_the_workers() -> None:
     shared = {"broker_url", "s3_endpoint", "s3_access_key", "s3_secret_key", "visibility_timeout_s"}
     assert shared <= set(ServiceSettings.model_fields) and shared <= set(WorkerSettings.model_fields)
     assert not {"device", "precision", "compile", "decode_slab"} & set(ServiceSettings.model_fields)
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """The README's Layout section is where a newcomer finds a module: each one there is named in it."""
+    readme = (REPO / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    missing = [
+        str(path.relative_to(REPO))
+        for package in ("brainsynth", "jobs", "service", "worker", "bench")
+        for path in sorted((REPO / package).rglob("*.py"))
+        if path.name != "__init__.py" and not re.search(rf"\b{re.escape(path.stem)}\b", layout)
+    ]
+    assert missing == []
+
+
+def test_jobs_names_no_worker_module_even_in_a_string() -> None:
+    """jobs/ is shared by the API and the workers and imports neither: not even by name (Celery's include)."""
+    for path in sorted((REPO / "jobs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not node.value.startswith("worker."), (path.name, node.value)

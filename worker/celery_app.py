@@ -9,6 +9,7 @@ from jobs.queue import create_app
 from worker.config import get_settings
 
 app = create_app(get_settings())
+app.conf.include = ["worker.tasks"]  # the tasks register when the worker starts (jobs/ never names them)
 
 
 @signals.setup_logging.connect

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.cohort.conditioning import ConditioningRanges
+from models.cohort.design import PredictionType
 from models.errors import ModelConfigError
 
 MODEL_JSON = "model.json"
@@ -31,7 +32,7 @@ class SchedulerConfig(BaseModel):
     schedule: str = "scaled_linear_beta"
     beta_start: float = Field(0.0015, gt=0)
     beta_end: float = Field(0.0205, gt=0)
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    prediction_type: PredictionType = "epsilon"
     clip_sample: bool = False
 
 

@@ -11,11 +11,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from models.catalogue.config import MODEL_JSON, ModelConfig, read_model_config, write_model_config
 from models.catalogue.presets import PRESETS
+from models.cohort.design import SAMPLER_TABLE
 from models.errors import ModelNotFoundError, RegistrationError
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
@@ -92,6 +94,21 @@ def resolve_model_dir(name_or_dir: str | Path) -> Path:
     raise ModelNotFoundError(f"no model or model directory named {name!r} (known models: {known})")
 
 
+def _refuse_taken_name(name: str, destination: Path) -> None:
+    """Refuse ``name`` when the catalogue already resolves it: a registered model, a shipped one (``demo``) or a
+    preset (``ukb``), whose users would otherwise get another model under the name they know."""
+    taken = {entry.name: entry for entry in list_models(check_networks=False)}
+    if destination.exists() or destination.is_symlink():
+        where = f"registered already ({destination})"
+    elif name in taken:
+        entry = taken[name]
+        shipped = entry.directory is not None and entry.directory.parent == ZOO_DIR
+        where = "shipped with BrainSynth" if shipped else "a built-in preset"
+    else:
+        return
+    raise RegistrationError(f"a model named {name!r} is {where}: choose another --name")
+
+
 def register_model(model_dir: Path, name: str | None = None, *, link: bool = False) -> Path:
     """Copy (or link) a complete model directory into the registry under ``name`` (default: its own), with
     its weights hash-checked; a copy takes the registered name in its model.json. Returns the entry."""
@@ -109,8 +126,7 @@ def register_model(model_dir: Path, name: str | None = None, *, link: bool = Fal
     except ValidationError as err:
         raise RegistrationError(f"--name {name!r}: {err.errors()[0]['msg']} (letters, digits, '.', '_', '-')") from err
     destination = user_models_dir() / name
-    if destination.exists() or destination.is_symlink():
-        raise RegistrationError(f"a model named {name!r} is registered already ({destination}): choose another --name")
+    _refuse_taken_name(name, destination)
     if link and name != config.name:
         raise RegistrationError(f"--link keeps the model's own name ({config.name!r}): drop --name, or copy it instead")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -123,3 +139,26 @@ def register_model(model_dir: Path, name: str | None = None, *, link: bool = Fal
     write_model_config(staging, renamed)
     staging.rename(destination)  # appears whole: the API never lists a half-copied model
     return destination
+
+
+def describe_model(entry: ModelEntry) -> dict[str, Any]:
+    """A model as ``GET /v1/models`` and ``brainsynth models --json`` describe it (torch-free): identity,
+    grid, conditioning ranges in physical units, and the samplers of :data:`SAMPLER_TABLE` it can run."""
+    config = entry.config
+    scheduler = config.scheduler
+    return {
+        "name": entry.name,
+        "version": config.version,
+        "description": config.description,
+        "intended_use": config.intended_use,
+        "ready": entry.ready,
+        "image_shape": list(config.image_shape),
+        "voxel_size_mm": list(config.voxel_size_mm),
+        "conditioning": {"sex": {"values": ["F", "M"]}, **config.conditioning.documented()},
+        "samplers": {
+            name: {"default_steps": info.default_steps}
+            for name, info in SAMPLER_TABLE.items()
+            if scheduler.prediction_type in info.prediction_types
+        },
+        "max_steps": scheduler.num_train_timesteps,
+    }

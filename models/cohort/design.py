@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -22,17 +24,79 @@ from models.cohort.conditioning import FIELDS, ConditioningRanges, Covariates, n
 from models.cohort.nifti import OutputDType
 from models.errors import ConditioningError, SamplingError
 
-# The request vocabulary, owned here for the CLI, the API schemas and the task payloads (torch-free).
-#: Samplers by request name (:func:`models.inference.sampling.build_scheduler` builds them).
-SamplerName = Literal["ddim", "ddpm", "pndm", "dpmpp2m"]
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+# The request vocabulary, owned here for the CLI, the API schemas, the task payloads and the pipeline (torch-free).
 #: NIfTI data types a cohort can be written in (:func:`models.cohort.nifti.to_nifti`).
 DTYPES: tuple[str, ...] = get_args(OutputDType)
-#: Steps used when the caller gives none: the paper's DDIM setting, full-length DDPM, PLMS' usual 50, and
-#: DPM-Solver++(2M) at 15 (see bench/ for speed against fidelity).
-DEFAULT_STEPS: dict[str, int] = {"ddim": 50, "ddpm": 1000, "pndm": 50, "dpmpp2m": 15}
+#: What a diffusion UNet can be trained to predict (model.json ``scheduler.prediction_type``).
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """One sampler of :data:`SAMPLER_TABLE`: what a request may ask of it and which models it can run.
+
+    Attributes:
+        name: the request name (``sampler.name`` in the API, ``--sampler`` on the command line).
+        default_steps: steps used when the caller gives none.
+        min_steps: fewest steps it can run.
+        all_steps: it runs every training timestep (its update assumes consecutive timesteps).
+        prediction_types: the UNet parameterisations it supports (:data:`PREDICTION_TYPES`).
+    """
+
+    name: str
+    default_steps: int
+    min_steps: int = 1
+    all_steps: bool = False
+    prediction_types: tuple[str, ...] = PREDICTION_TYPES
+
+
+#: Every sampler, in one place (:func:`models.inference.sampling.build_scheduler` builds them): DDIM at the
+#: paper's 50 steps, full-length DDPM, PLMS (MONAI's PNDM, which has no ``sample`` parameterisation) at its usual
+#: 50, and DPM-Solver++(2M) at 15 (see bench/ for speed against fidelity).
+SAMPLER_TABLE: dict[str, SamplerInfo] = {
+    info.name: info
+    for info in (
+        SamplerInfo("ddim", 50),
+        SamplerInfo("ddpm", 1000, all_steps=True),
+        SamplerInfo("pndm", 50, prediction_types=("epsilon", "v_prediction")),
+        SamplerInfo("dpmpp2m", 15, min_steps=2),
+    )
+}
+#: Samplers by request name.
+SamplerName = Literal[tuple(SAMPLER_TABLE)]  # type: ignore[valid-type]
+SAMPLERS: tuple[str, ...] = tuple(SAMPLER_TABLE)
+DEFAULT_STEPS: dict[str, int] = {name: info.default_steps for name, info in SAMPLER_TABLE.items()}
+
+
+def _by_default_steps() -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, info in SAMPLER_TABLE.items():
+        groups.setdefault(info.default_steps, []).append(name)
+    return groups
+
+
+def sampler_names_text() -> str:
+    """The samplers in words, for help texts: ``ddim, pndm, ddpm or dpmpp2m``."""
+    names = [name for group in _by_default_steps().values() for name in group]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def default_steps_text() -> str:
+    """Each sampler's default steps in words: ``50 for ddim and pndm, 1000 for ddpm, 15 for dpmpp2m``."""
+    return ", ".join(f"{steps} for {' and '.join(names)}" for steps, names in _by_default_steps().items())
+
 
 SEED_MASK = (1 << 63) - 1
+
+
+#: A BIDS participant label: ``sub-`` and letters and digits only (no separators, so never a path).
+PARTICIPANT_LABEL = r"sub-[A-Za-z0-9]+"
+
+
+def is_participant_label(text: str) -> bool:
+    """Whether ``text`` is a BIDS participant label (:data:`PARTICIPANT_LABEL`)."""
+    return re.fullmatch(PARTICIPANT_LABEL, text) is not None
 
 
 def participant_id(index: int) -> str:
@@ -58,22 +122,33 @@ FEWER_STEPS_HINT = "choose the ddim or pndm sampler for fewer steps"
 DEFAULT_BATCH_SIZE = 4
 
 
-def check_sampler(sampler: str, steps: int, num_train_timesteps: int) -> None:
-    """Refuse a sampler/step combination the sampler cannot run (see :func:`models.inference.sampling.build_scheduler`).
+def check_sampler(sampler: str, steps: int, num_train_timesteps: int, prediction_type: str = "epsilon") -> None:
+    """Refuse a sampler, step count or model parameterisation the sampler cannot run (:data:`SAMPLER_TABLE`).
 
     Raises:
-        SamplingError: ``field`` is ``sampler.name`` or ``sampler.steps``.
+        SamplingError: ``field`` is ``sampler.name`` (an unknown sampler, or one that cannot sample a model
+            trained for ``prediction_type``) or ``sampler.steps``.
     """
-    if sampler not in SAMPLERS:
+    info = SAMPLER_TABLE.get(sampler)
+    if info is None:
         raise SamplingError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}", field="sampler.name")
+    if prediction_type not in info.prediction_types:
+        able = ", ".join(name for name, other in SAMPLER_TABLE.items() if prediction_type in other.prediction_types)
+        raise SamplingError(
+            f"{sampler} cannot sample this model: it predicts {prediction_type!r} and {sampler} supports "
+            f"{' and '.join(info.prediction_types)}; choose {able}",
+            field="sampler.name",
+        )
     total = num_train_timesteps
     if not 1 <= steps <= total:
         raise SamplingError(f"steps must be between 1 and {total} for {sampler}, got {steps}", field="sampler.steps")
-    if sampler == "dpmpp2m" and steps < 2:
-        raise SamplingError(f"steps must be at least 2 for dpmpp2m, got {steps}", field="sampler.steps")
-    if sampler == "ddpm" and steps != total:
+    if steps < info.min_steps:
         raise SamplingError(
-            f"steps must be {total} for ddpm (its update assumes consecutive timesteps); " + FEWER_STEPS_HINT,
+            f"steps must be at least {info.min_steps} for {sampler}, got {steps}", field="sampler.steps"
+        )
+    if info.all_steps and steps != total:
+        raise SamplingError(
+            f"steps must be {total} for {sampler} (its update assumes consecutive timesteps); " + FEWER_STEPS_HINT,
             field="sampler.steps",
         )
 
@@ -246,9 +321,34 @@ def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
             if covariates.sex not in ("F", "M"):
                 raise ConditioningError("sex", f"{where}: must be F or M, got {row['sex']!r}")
             pid = row.get("participant_id") or participant_id(index)
+            if not is_participant_label(pid):
+                raise ConditioningError(
+                    "subjects",
+                    f"{where}: participant_id {pid!r} is not a BIDS label (sub- then letters and digits only, "
+                    "e.g. sub-000001): fix or drop the participant_id column",
+                )
             subjects.append(SubjectSpec(pid, covariates, seed))
     if not subjects:
         raise ConditioningError("subjects", f"{path} lists no subjects")
     if len({s.participant_id for s in subjects}) != len(subjects):
         raise ConditioningError("subjects", f"{path} repeats a participant_id")
+    if (twins := repeated_subject(subjects)) is not None:
+        earlier, later = twins
+        raise ConditioningError(
+            "subjects",
+            f"{path} row {later + 2} repeats row {earlier + 2} (same seed and covariates: the same brain twice): "
+            "change or drop its seed",
+        )
     return subjects
+
+
+def repeated_subject(subjects: Sequence[SubjectSpec]) -> tuple[int, int] | None:
+    """(earlier index, later index) of two subjects with the same seed and covariates (the same brain twice),
+    else ``None``: one rule for the API's subjects list and the command line's ``--subjects`` file."""
+    seen: dict[tuple[int, Covariates], int] = {}
+    for index, subject in enumerate(subjects):
+        key = (subject.seed, subject.covariates)
+        if key in seen:
+            return seen[key], index
+        seen[key] = index
+    return None

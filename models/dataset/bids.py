@@ -24,6 +24,7 @@ from typing import Any
 from models.catalogue.config import ModelConfig
 from models.catalogue.presets import RESEARCH_USE
 from models.cohort.conditioning import Covariates
+from models.cohort.design import is_participant_label
 from models.cohort.nifti import OutputDType
 from models.errors import OutputExistsError
 from models.inference.execution import Execution
@@ -54,14 +55,21 @@ def package_version(package: str = "brainsynth") -> str:
         return "0+unknown"
 
 
+def _subject_folder(pid: str) -> str:
+    """``pid`` checked as a BIDS label: a file is never named by a path (``../x``) or a non-label."""
+    if not is_participant_label(pid):
+        raise ValueError(f"participant_id {pid!r} is not a BIDS label (sub- then letters and digits)")
+    return pid
+
+
 def t1w_path(pid: str) -> str:
     """Relative path of a subject's T1w image."""
-    return f"{pid}/anat/{pid}_T1w.nii.gz"
+    return f"{_subject_folder(pid)}/anat/{pid}_T1w.nii.gz"
 
 
 def sidecar_path(pid: str) -> str:
     """Relative path of a subject's T1w JSON sidecar."""
-    return f"{pid}/anat/{pid}_T1w.json"
+    return f"{_subject_folder(pid)}/anat/{pid}_T1w.json"
 
 
 @dataclass(frozen=True)

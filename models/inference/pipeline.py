@@ -191,7 +191,8 @@ class BrainLDMPipeline:
                 :class:`~models.errors.GenerationStopped` (subjects already yielded stay yielded).
         """
         steps = num_inference_steps if num_inference_steps is not None else DEFAULT_STEPS.get(sampler, 50)
-        check_sampler(sampler, steps, self.config.scheduler.num_train_timesteps)
+        scheduler = self.config.scheduler
+        check_sampler(sampler, steps, scheduler.num_train_timesteps, scheduler.prediction_type)
         if len(covariates) != len(seeds):
             raise SamplingError(f"{len(covariates)} subjects but {len(seeds)} seeds")
         if batch_size < 1:

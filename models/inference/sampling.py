@@ -52,7 +52,7 @@ def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: 
     consecutive timesteps). PNDM runs as PLMS (``skip_prk_steps``), the usual few-step setting. ``dpmpp2m`` is
     DPM-Solver++(2M) (:mod:`models.inference.solvers`).
     """
-    check_sampler(sampler, num_inference_steps, config.num_train_timesteps)
+    check_sampler(sampler, num_inference_steps, config.num_train_timesteps, config.prediction_type)
     total = config.num_train_timesteps
     common = {
         "num_train_timesteps": config.num_train_timesteps,
@@ -63,7 +63,7 @@ def build_scheduler(config: SchedulerConfig, sampler: str, num_inference_steps: 
     }
     if sampler == "dpmpp2m":
         reference = DDIMScheduler(**common)  # the same betas; only its alphas_cumprod is used
-        return DPMSolverPP2M(reference.alphas_cumprod, num_inference_steps)
+        return DPMSolverPP2M(reference.alphas_cumprod, num_inference_steps, config.prediction_type)
     scheduler: Scheduler
     if sampler == "ddim":
         scheduler = DDIMScheduler(clip_sample=config.clip_sample, **common)

@@ -1,9 +1,10 @@
 """DPM-Solver++(2M): a second-order multistep solver of the diffusion probability-flow ODE
 (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models",
-arXiv:2211.01095, Algorithm 2), for the epsilon-prediction models of this project.
+arXiv:2211.01095, Algorithm 2).
 
 With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t) and the data
-prediction x0 = (x - sigma_s eps) / alpha_s, a step from s to t with h = lambda_t - lambda_s is
+prediction x0 from the UNet's output (epsilon: x0 = (x - sigma_s eps) / alpha_s; v-prediction, Salimans & Ho
+2022: x0 = alpha_s x - sigma_s v; sample: the output itself), a step from s to t with h = lambda_t - lambda_s is
 
     x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) D,
 
@@ -26,10 +27,15 @@ import torch
 class DPMSolverPP2M:
     """Deterministic, stateful: make a fresh one per sampling run (``models.inference.sampling.build_scheduler``)."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor, num_inference_steps: int) -> None:
+    def __init__(
+        self, alphas_cumprod: torch.Tensor, num_inference_steps: int, prediction_type: str = "epsilon"
+    ) -> None:
         total = len(alphas_cumprod)
         if not 2 <= num_inference_steps <= total:
             raise ValueError(f"dpmpp2m needs 2 to {total} steps, got {num_inference_steps}")
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"dpmpp2m: unknown prediction type {prediction_type!r}")
+        self.prediction_type = prediction_type
         self.alphas_cumprod = alphas_cumprod.double()
         steps = np.linspace(total - 1, 0, num_inference_steps).round().astype(np.int64)
         self.timesteps = torch.from_numpy(steps)
@@ -41,6 +47,14 @@ class DPMSolverPP2M:
         alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
         return alpha, sigma, math.log(alpha / sigma)
 
+    def _data_prediction(self, output: torch.Tensor, sample: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """x0 from the UNet's output for the model's parameterisation."""
+        if self.prediction_type == "epsilon":
+            return (sample - sigma * output) / alpha
+        if self.prediction_type == "v_prediction":
+            return alpha * sample - sigma * output
+        return output
+
     def step(
         self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +62,7 @@ class DPMSolverPP2M:
         if int(timestep) != int(self.timesteps[self._index]):
             raise ValueError(f"expected timestep {int(self.timesteps[self._index])}, got {int(timestep)}")
         alpha_s, sigma_s, lambda_s = self._coefficients(int(timestep))
-        x0 = (sample - sigma_s * model_output) / alpha_s
+        x0 = self._data_prediction(model_output, sample, alpha_s, sigma_s)
         self._index += 1
         if self._index == len(self.timesteps):
             return x0, x0

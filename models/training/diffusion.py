@@ -2,7 +2,9 @@
 
 Latents are the trained autoencoder's posterior samples mu + sigma * eps, multiplied by the scale factor
 1 / std(latents) measured on the training set (Rombach et al. 2022; presets with a fixed factor, like
-``ukb``'s 1.0, keep it with ``fixed_scale_factor``). Epsilon-prediction MSE at uniformly drawn timesteps,
+``ukb``'s 1.0, keep it with ``fixed_scale_factor``). MSE against the model's parameterisation (model.json
+``prediction_type``: the noise for epsilon, the velocity alpha eps - sigma x0 for v_prediction, the clean latent
+for sample) at uniformly drawn timesteps,
 with the paper's hybrid conditioning (4 constant channels after the latent + cross-attention context).
 An exponential moving average of the weights (decay warming up as (1 + t) / (10 + t) to 0.999) is saved.
 """
@@ -25,6 +27,17 @@ from models.training.checkpoint import LossLog, load_state, register_weights, sa
 from models.training.data import TrainingSet
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
+
+
+def _target(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to predict from the noised latents, by the scheduler's ``prediction_type``."""
+    if scheduler.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if scheduler.prediction_type == "sample":
+        return latents
+    return noise
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,7 @@ def train_diffusion(
         channels = conditioning[:, :, None, None, None].expand(-1, -1, *latent_spatial)
         with autocast:
             prediction = unet(torch.cat((noisy, channels), dim=1), timesteps=timesteps, context=conditioning[:, None])
-            loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+            loss = torch.nn.functional.mse_loss(prediction.float(), _target(scheduler, latents, noise, timesteps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -185,12 +185,25 @@ async function renderForm() {
   view.replaceChildren(el("h2", { text: "New cohort" }), form);
 }
 
+// A seed is sent with the exact digits typed or copied (a JavaScript number rounds past 2^53: another brain, or
+// a 422 past 2^63 - 1): kept as its digits here and written into the JSON text as they are by requestJson.
+// Anything but plain digits goes as a number, for the API to refuse naming the field.
+function exactInteger(text) {
+  return /^[0-9]+$/.test(text) ? text.replace(/^0+(?=[0-9])/, "") : Number(text);
+}
+
+function requestJson(request) {
+  const { seed, ...rest } = request;
+  if (typeof seed !== "string") return JSON.stringify(request);
+  return JSON.stringify(rest).replace(/^\{/, `{"seed":${seed}${Object.keys(rest).length ? "," : ""}`);
+}
+
 function requestFromForm(form) {
   const value = (name) => form.elements[name].value.trim();
   const number = (name) => (value(name) === "" ? null : Number(value(name)));
   const request = { model: value("model"), n_subjects: number("n_subjects"), covariates: {}, sampler: { name: value("sampler") } };
   if (value("name")) request.name = value("name");
-  if (number("seed") !== null) request.seed = number("seed");
+  if (value("seed") !== "") request.seed = exactInteger(value("seed"));
   for (const [field] of COVARIATES) {
     request.covariates[field] = form.elements[`${field}.mode`].value === "value"
       ? { value: number(`${field}.value`) }
@@ -223,7 +236,7 @@ async function submitCohort(event, form) {
   const button = $("#submit-cohort");
   button.disabled = true;
   const { status, body } = await api("/v1/cohorts", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(requestFromForm(form)),
+    method: "POST", headers: { "Content-Type": "application/json" }, body: requestJson(requestFromForm(form)),
   });
   button.disabled = false;
   if (status === 202) { location.hash = `#/cohorts/${body.id}`; return; }

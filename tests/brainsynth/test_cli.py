@@ -93,14 +93,20 @@ def test_sample_from_a_subjects_file(tiny_model_dir: Path, tmp_path: Path, capsy
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--n", "2", "--age", "30"], "age: 30.0 years is outside the training range 44-82 years"),
-        (["--n", "2", "--age", "120", "--extrapolate"], "age: 120.0 years is beyond the extrapolation limit"),
-        (["--n", "2", "--brain-range", "1e6", "1.5e6"], "brain_volume_mm3"),
-        (["--n", "2", "--ventricular-range", "50000", "20000"], "ventricular_volume_mm3: range must be"),
-        (["--n", "0"], "n_subjects: must be between 1 and"),
-        (["--n", "2", "--female-fraction", "2"], "female_fraction"),
-        (["--n", "2", "--sampler", "ddpm", "--steps", "10"], "steps must be 1000 for ddpm"),
-        (["--n", "2", "--steps", "0"], "steps must be between 1 and 1000"),
+        (["--n", "2", "--age", "30"], "--age/--age-range: 30.0 years is outside the training range 44-82 years"),
+        (
+            ["--n", "2", "--age", "120", "--extrapolate"],
+            "--age/--age-range: 120.0 years is beyond the extrapolation limit",
+        ),
+        (["--n", "2", "--brain-range", "1e6", "1.5e6"], "--brain-volume/--brain-range: "),
+        (
+            ["--n", "2", "--ventricular-range", "50000", "20000"],
+            "--ventricular-volume/--ventricular-range: range must be",
+        ),
+        (["--n", "0"], "--n: must be between 1 and"),
+        (["--n", "2", "--female-fraction", "2"], "--female-fraction: must be between 0 and 1"),
+        (["--n", "2", "--sampler", "ddpm", "--steps", "10"], "--steps: steps must be 1000 for ddpm"),
+        (["--n", "2", "--steps", "0"], "--steps: steps must be between 1 and 1000"),
         (["--n", "2", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--n", "2", "--sampler", "euler"], "argument --sampler: invalid choice"),
         (["--n", "two"], "argument --n: invalid int value"),
@@ -295,3 +301,100 @@ def test_one_mapping_of_errors_to_exit_codes(tmp_path: Path, capsys: pytest.Capt
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("brainsynth: error: ")]
     assert len(errors) == 4
     assert "is `brainsynth up` running?" in errors[2] and "no-such-model" in errors[3]
+
+
+def test_sample_refuses_subject_ids_that_would_write_outside_out(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "a" / "b" / "trav.tsv"
+    table.parent.mkdir(parents=True)
+    table.write_text("participant_id\tage\tsex\tventricular_volume_mm3\tbrain_volume_mm3\tseed\n"
+                     "../../evil\t60\tF\t30000\t1500000\t1\n")  # fmt: skip
+    out = tmp_path / "a" / "b" / "out"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--steps", "2",
+                            "--out", str(out)], capsys)  # fmt: skip
+    assert code == 2 and "--subjects: " in stderr and "'../../evil' is not a BIDS label" in stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "trav.tsv"]  # nothing written anywhere
+
+
+def test_sample_refuses_the_same_brain_twice_as_the_api_does(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "twins.tsv"
+    row = "60\tF\t30000\t1500000\t5\n"
+    table.write_text("age\tsex\tventricular_volume_mm3\tbrain_volume_mm3\tseed\n" + row + row)
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(table), "--steps", "2",
+                            "--out", str(tmp_path / "out")], capsys)  # fmt: skip
+    assert code == 2 and "row 3 repeats row 2" in stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--n", "2", "--steps", "0"], "--steps: should be greater than or equal to 1, got 0"),
+        (["--n", "0"], "--n: should be greater than or equal to 1, got 0"),
+        (["--n", "2", "--seed", "-1"], "--seed: should be greater than or equal to 0, got -1"),
+        (["--n", "2", "--female-fraction", "1.5"], "--female-fraction: should be less than or equal to 1"),
+        (["--n", "2", "--age-range", "70", "60"], "--age/--age-range: min (70.0) must not exceed max (60.0)"),
+    ],
+)
+def test_submit_names_the_flag_of_a_bad_value_and_exits_2_before_any_request(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, stderr = _run(["submit", "--model", "demo", *flags, "--url", "http://127.0.0.1:9", "--api-key", "k"],
+                           capsys)  # fmt: skip
+    assert code == 2 and says in stderr, stderr
+    assert "body" not in stderr and "n_subjects" not in stderr and "cannot reach" not in stderr
+
+
+def test_the_api_422_is_named_by_flags_with_exit_2() -> None:
+    """What the server refuses (the model's ranges, the server's limits) reads as flags too."""
+    from brainsynth.arguments import field_errors_message
+    from brainsynth.cli import error_message, exit_code
+    from service.client import ClientError
+
+    detail = [
+        {"loc": ["body", "covariates", "age"], "msg": "age: 30.0 years is outside the training range 44-82 "
+         "years; set extrapolate to true to go beyond it", "type": "value_error"},
+        {"loc": ["body", "n_subjects"], "msg": "must be between 1 and 1000 subjects on this server, got 2000",
+         "type": "value_error"},
+        {"loc": ["body", "subjects", 1, "seed"], "msg": "subject 1 repeats subject 0", "type": "value_error"},
+    ]  # fmt: skip
+    err = ClientError("HTTP 422: ...", 422, detail)
+    assert exit_code(err) == 2 and error_message(err) == field_errors_message(detail)
+    message = error_message(err)
+    assert message.startswith("--age/--age-range: age: 30.0 years is outside the training range 44-82 years; "
+                              "pass --extrapolate to go beyond it; ")  # fmt: skip
+    assert "; --n: must be between 1 and 1000 subjects on this server, got 2000; " in message
+    assert message.endswith("; --subjects row 3: subject 1 repeats subject 0")
+    assert exit_code(ClientError("HTTP 503: down", 503)) == 1
+
+
+def test_regenerating_with_another_sampler_names_its_default_steps(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = tmp_path / "first"
+    assert main(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "8", "--steps", "3",
+                 "--out", str(first)]) == 0  # fmt: skip
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--subjects", str(first / "participants.tsv"),
+                            "--sampler", "dpmpp2m", "--out", str(tmp_path / "again")], capsys)  # fmt: skip
+    assert code == 2 and "ask for dpmpp2m 15" in stderr, stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``brainsynth models --json | head -c 0``: the reader is gone before the command writes; no error line
+    (it was "error: [Errno 32] Broken pipe", or Python's "Exception ignored" at exit), exit 0."""
+    command = [sys.executable, "-m", "brainsynth.cli", "models", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader leaves first
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and stderr == ""
+
+
+def test_a_command_whose_extra_is_missing_says_which_to_install() -> None:
+    from brainsynth.cli import error_message
+
+    assert error_message(ModuleNotFoundError("No module named 'torch'", name="torch")) == (
+        "this command needs torch, from the ml extra: pip install 'brainsynth[ml]'"
+    )

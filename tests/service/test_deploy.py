@@ -213,13 +213,35 @@ def test_up_pins_each_worker_to_its_own_gpu(tmp_path: Path, monkeypatch: pytest.
     assert cpu_only.worker_env(1)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
 
 
+def _requirements(extra: str) -> set[str]:
+    """The distribution names ``pip install .[extra]`` brings: the core and the extra, self-references expanded."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras, names, todo = project["optional-dependencies"], set(), [*project["dependencies"], f"brainsynth[{extra}]"]
+    while todo:
+        requirement = todo.pop()
+        name = re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower()
+        if name == "brainsynth":
+            todo += [r for e in re.search(r"\[(.*)\]", requirement).group(1).split(",") for r in extras[e.strip()]]
+        else:
+            names.add(name)
+    return names
+
+
 def test_api_image_has_no_torch_and_worker_image_has_cuda_torch() -> None:
+    """Each image installs its extra of pyproject.toml (one dependency list, no copy to drift)."""
     api = (REPO / "docker" / "api.Dockerfile").read_text()
     installs = " ".join(line for line in api.splitlines() if "pip install" in line)
-    assert "torch" not in installs and "--no-deps" in installs
+    assert 'pip install "/src[api]"' in installs and "torch" not in installs
+    assert not _requirements("api") & {"torch", "monai", "einops"}
+    assert {"fastapi", "uvicorn", "celery", "redis", "minio", "pydantic-settings", "prometheus-client"} <= (
+        _requirements("api")
+    )
     worker = (REPO / "docker" / "worker.Dockerfile").read_text()
     assert worker.startswith("#") and "FROM nvidia/cuda" in worker
     assert re.search(r"pip install \"torch==\$\{TORCH_VERSION\}\" --index-url", worker)
+    assert 'pip install "/src[worker]"' in worker and {"torch", "monai", "celery", "minio"} <= _requirements("worker")
     assert "--pool=solo" in worker
 
 

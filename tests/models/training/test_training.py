@@ -157,3 +157,39 @@ def test_register_copies_a_model_under_its_name_and_refuses_what_it_should(
     )
     assert main(["models", "register", str(incomplete), "--name", "half"]) == 2
     assert "no trained diffusion model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_the_diffusion_stage_learns_the_models_own_parameterisation(prediction_type: str) -> None:
+    """The training target follows model.json's prediction_type (it was the noise whatever that said)."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    from models.training.diffusion import _target
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015,
+                              beta_end=0.0205, prediction_type=prediction_type)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 2, 4, generator=generator), torch.randn(3, 2, 4, generator=generator)
+    timesteps = torch.tensor([10, 500, 990])
+    abar = scheduler.alphas_cumprod[timesteps][:, None, None]
+    expected = {"epsilon": noise, "v_prediction": abar.sqrt() * noise - (1 - abar).sqrt() * latents,
+                "sample": latents}[prediction_type]  # fmt: skip
+    assert torch.allclose(_target(scheduler, latents, noise, timesteps), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [([], "'demo' is shipped with BrainSynth"), (["--name", "ukb"], "'ukb' is a built-in preset")],
+)
+def test_register_refuses_a_name_the_catalogue_already_resolves(
+    tmp_path: Path, extra: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy named demo (its model.json's name) or ukb would shadow the shipped model or the paper's preset."""
+    from models.catalogue.registry import list_models
+    from tests.conftest import make_model_dir
+
+    look_alike = make_model_dir(tmp_path / "mine", tiny_config("demo"))
+    assert main(["models", "register", str(look_alike), *extra]) == 2
+    assert says in capsys.readouterr().err
+    listed = {entry.name: entry for entry in list_models(check_networks=False)}
+    assert listed["demo"].config.image_shape == (40, 56, 40) and listed["ukb"].directory is None

@@ -1,0 +1,61 @@
+"""A cohort's files: the BIDS archive (``/archive``) and each stored subject's PNG previews."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import StreamingResponse
+
+from service.api.deps import CohortServiceDep, Reader
+from service.archive import stream_zip
+from service.openapi import ARCHIVE_RESPONSES, ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
+#: The previews a worker renders per subject: (kind, file name in the URL, what it shows).
+PREVIEW_ROUTES = (
+    ("views", "preview.png", "axial, coronal and sagittal mid-slices side by side"),
+    ("axial", "preview-axial.png", "the mid-axial slice alone (for a cohort strip)"),
+)
+#: A stored subject never changes (ids are never reused): cached in the browser, not in shared caches.
+PREVIEW_CACHE = "private, max-age=86400, immutable"
+
+
+@router.get("/{cohort_id}/archive", responses=ARCHIVE_RESPONSES)
+def archive(cohort_id: str, tenant: Reader, cohorts: CohortServiceDep) -> StreamingResponse:
+    """The cohort's BIDS dataset as a ZIP (ZIP64, stored), streamed from object storage."""
+    entries = cohorts.archive_entries(cohorts.load(tenant, cohort_id))
+    headers = {"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.zip"'}
+    return StreamingResponse(stream_zip(entries), media_type="application/zip", headers=headers)
+
+
+def _preview_route(kind: str) -> Callable[..., Response]:
+    def preview(
+        cohort_id: str,
+        participant_id: str,
+        tenant: Reader,
+        cohorts: CohortServiceDep,
+        if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    ) -> Response:
+        found = cohorts.preview(cohorts.load(tenant, cohort_id), participant_id, kind)
+        headers = {"ETag": found.etag, "Cache-Control": PREVIEW_CACHE}
+        if if_none_match == found.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(found.png, media_type="image/png", headers=headers)
+
+    return preview
+
+
+for _kind, _suffix, _what in PREVIEW_ROUTES:
+    router.add_api_route(
+        f"/{{cohort_id}}/subjects/{{participant_id}}/{_suffix}",
+        _preview_route(_kind),
+        methods=["GET"],
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": f"PNG: {_what}"}, **ERROR_RESPONSES},
+        summary=f"Preview of a stored subject: {_what}",
+        description="Neurological convention (the subject's left on the left), labelled L/R, A/P, S/I, "
+        "intensity window 0-1 for every subject. API key or link token. Cached privately (ETag; immutable).",
+        name=f"preview_{_kind}",
+    )

@@ -1,0 +1,401 @@
+"""The logic behind the cohort routes: validate and queue cohorts, read their state, subjects, previews and
+archive, cancel and delete them. Raises the domain errors of :mod:`service.errors` (never HTTP objects); the
+routers (:mod:`service.api.routes`) only translate between HTTP and these calls.
+
+No torch here: requests are validated with the model layer's torch-free design code and model.json files,
+subjects are queued by task name, and results are read from object storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
+from jobs.queue import create_app as create_celery
+from jobs.state import (
+    FINAL,
+    CohortRecord,
+    CohortState,
+    Status,
+    StoredCohort,
+    bids_prefix,
+    cohort_json_key,
+    connect,
+    link_secret,
+    preview_key,
+    recover_cohort,
+    register_cohort,
+    stored_subjects,
+    write_final_state,
+)
+from jobs.storage import cohort_prefix
+from models.catalogue.registry import ModelEntry, list_models
+from models.cohort.conditioning import Covariates, normalise
+from models.cohort.design import (
+    DEFAULT_STEPS,
+    CohortDesign,
+    Span,
+    SubjectSpec,
+    check_sampler,
+    design_subjects,
+    is_participant_label,
+    participant_id,
+    repeated_subject,
+    subject_seed,
+)
+from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
+from models.errors import ConditioningError, SamplingError
+from service.errors import (
+    ActiveLimitReached,
+    CohortConflict,
+    CohortNotFound,
+    InvalidField,
+    InvalidRequest,
+    NotFound,
+)
+from service.links import LinkSigner
+from service.schemas import CohortPage, CohortRequest, CohortStatus, Progress, SubjectOut, SubjectPage
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A stored subject's PNG and its entity tag."""
+
+    png: bytes
+    etag: str
+
+
+def iso_time(timestamp: float) -> str:
+    """``timestamp`` as ISO 8601 UTC with a ``Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def page_token(created_at: float, cohort_id: str) -> str:
+    """The opaque token of the page after the cohort created at ``created_at``."""
+    return base64.urlsafe_b64encode(f"{created_at!r}:{cohort_id}".encode()).decode()
+
+
+def read_page_token(token: str) -> float:
+    """The creation time a :func:`page_token` encodes.
+
+    Raises:
+        InvalidField: not a token from this API (names ``page_token``).
+    """
+    try:
+        value = float(base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)[0])
+    except (ValueError, UnicodeDecodeError, binascii.Error) as err:
+        raise InvalidField(["query", "page_token"], "not a page token from this API") from err
+    if not math.isfinite(value):
+        raise InvalidField(["query", "page_token"], "not a page token from this API")
+    return value
+
+
+def parse_request(raw: bytes) -> CohortRequest:
+    """The cohort request in ``raw`` (UTF-8 JSON parsed by pydantic-core: bad bytes, deep nesting and huge
+    numbers are 422s, not 500s).
+
+    Raises:
+        InvalidRequest: each invalid field, located under ``body``.
+    """
+    try:
+        request = CohortRequest.model_validate_json(raw)
+    except ValidationError as err:
+        errors = json.loads(err.json(include_url=False, include_context=False, include_input=False))
+        raise InvalidRequest([{**e, "loc": ["body", *e["loc"]]} for e in errors]) from err
+    return request
+
+
+class CohortService:
+    """The API's connections (Redis, object storage, the Celery client) and what each cohort route does."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.store = settings.object_store(settings.request_storage_retry_s)
+        self.store.ensure_bucket()
+        # A few retries only: a request waits seconds, not half a minute, then answers 503.
+        self.state = CohortState(connect(settings.broker_url, retries=3))
+        self.celery = create_celery(settings)
+        self.links = LinkSigner(lambda: link_secret(self.state.redis))
+
+    # -- submission -------------------------------------------------------------------------------
+    def ready_model(self, name: str) -> ModelEntry:
+        """The model ``name`` with its weights on this server (422 naming ``model`` otherwise)."""
+        entries = {entry.name: entry for entry in list_models(check_networks=False)}
+        entry = entries.get(name)
+        if entry is None or not entry.ready:
+            ready = ", ".join(sorted(n for n, e in entries.items() if e.ready)) or "none"
+            reason = "has no weights on this server" if entry else "is not known"
+            raise InvalidField(["body", "model"], f"model {name!r} {reason}; models ready here: {ready}")
+        return entry
+
+    def design(self, request: CohortRequest) -> tuple[dict[str, Any], list[SubjectSpec], ModelEntry]:
+        """Validate everything checkable and decide every subject; returns the completed request."""
+        limit = self.settings.max_subjects_per_cohort
+        count = len(request.subjects) if request.subjects is not None else int(request.n_subjects or 0)
+        if count > limit:
+            field = "subjects" if request.subjects is not None else "n_subjects"
+            raise InvalidField(["body", field], f"must be between 1 and {limit} subjects on this server, got {count}")
+        entry = self.ready_model(request.model)
+        scheduler = entry.config.scheduler
+        steps = request.sampler.steps or DEFAULT_STEPS[request.sampler.name]
+        try:
+            check_sampler(request.sampler.name, steps, scheduler.num_train_timesteps, scheduler.prediction_type)
+        except SamplingError as err:
+            raise InvalidField(["body", *(err.field or "sampler").split(".")], str(err)) from err
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        specs = self._subjects(request, seed, count, entry)
+        completed = request.model_dump(mode="json")
+        completed["seed"] = seed
+        completed["sampler"]["steps"] = steps
+        return completed, specs, entry
+
+    @staticmethod
+    def _subjects(request: CohortRequest, seed: int, count: int, entry: ModelEntry) -> list[SubjectSpec]:
+        """Every subject of the request: the listed ones, or ``count`` drawn by the cohort design."""
+        ranges = entry.config.conditioning
+        if request.subjects is not None:
+            specs = []
+            for index, subject in enumerate(request.subjects):
+                covariates = Covariates(
+                    subject.sex, subject.age, subject.ventricular_volume_mm3, subject.brain_volume_mm3
+                )
+                try:
+                    normalise(covariates, ranges, extrapolate=request.extrapolate)
+                except ConditioningError as err:
+                    raise InvalidField(["body", "subjects", index, err.field], str(err)) from err
+                own_seed = subject.seed if subject.seed is not None else subject_seed(seed, index)
+                specs.append(SubjectSpec(participant_id(index), covariates, own_seed))
+            if (twins := repeated_subject(specs)) is not None:
+                earlier, later = twins
+                raise InvalidField(
+                    ["body", "subjects", later, "seed"],
+                    f"subject {later} repeats subject {earlier} (same seed and covariates: the same brain twice); "
+                    "change or drop its seed",
+                )
+            return specs
+        given = request.covariates
+        spans = {}
+        for field in ("age", "ventricular_volume_mm3", "brain_volume_mm3"):
+            spec = getattr(given, field) if given else None
+            spans[field] = Span(*spec.bounds) if spec else None
+        fraction = given.sex.fraction if given and given.sex else 0.5
+        design = CohortDesign(count, seed, fraction, spans["age"], spans["ventricular_volume_mm3"],
+                              spans["brain_volume_mm3"])  # fmt: skip
+        try:
+            return design_subjects(design, ranges, extrapolate=request.extrapolate)
+        except ConditioningError as err:
+            where = ["body", "covariates", err.field] if err.field in spans else ["body", err.field]
+            raise InvalidField(where, str(err)) from err
+
+    def submit(self, tenant: str, raw: bytes, idempotency_key: str | None) -> tuple[CohortRecord, bool]:
+        """Validate, register and queue a cohort; returns (record, created now)."""
+        request = parse_request(raw)
+        completed, specs, entry = self.design(request)
+        cohort_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            earlier = self._claim_idempotency_key(tenant, idempotency_key, request, cohort_id)
+            if earlier is not None:
+                return self._await_record(tenant, earlier), False
+        reserved = False
+        try:
+            reserved = self.state.reserve_active(tenant, cohort_id, self.settings.max_active_cohorts_per_tenant)
+            if not reserved:
+                raise ActiveLimitReached(
+                    f"tenant {tenant} has {self.settings.max_active_cohorts_per_tenant} cohorts queued or "
+                    "running (the limit): wait for one to finish or cancel one"
+                )
+            shared = {"tenant": tenant, "cohort_id": cohort_id, "model": entry.name,
+                      "sampler": completed["sampler"]["name"], "steps": completed["sampler"]["steps"],
+                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"]}  # fmt: skip
+            stored = StoredCohort(
+                id=cohort_id,
+                tenant=tenant,
+                model=entry.name,
+                created_at=time.time(),
+                request=completed,
+                subjects=[SubjectJob.from_spec(spec, **shared) for spec in specs],
+                subjects_per_task=self.settings.subjects_per_task,
+            )
+            record = register_cohort(self.state, self.store, stored, idempotency_key)
+        except BaseException:
+            if reserved:
+                self.state.release_active(tenant, cohort_id)
+            if idempotency_key is not None:
+                self.state.release_idempotency_key(tenant, idempotency_key, cohort_id)
+            raise
+        self.enqueue(stored)
+        return record, True
+
+    def _claim_idempotency_key(self, tenant: str, key: str, request: CohortRequest, cohort_id: str) -> str | None:
+        """Bind ``key`` to ``cohort_id``; returns the earlier cohort's id when the key was used already."""
+        if not 1 <= len(key) <= 255 or not key.isprintable():
+            raise InvalidField(["header", "Idempotency-Key"], "must be 1-255 printable characters")
+        body_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+        binding = self.state.claim_idempotency_key(tenant, key, body_hash, cohort_id)
+        if binding["cohort_id"] == cohort_id:
+            return None
+        if binding["hash"] != body_hash:
+            raise InvalidField(
+                ["header", "Idempotency-Key"],
+                "this key was used with a different request body: use a new key for a new request",
+            )
+        return binding["cohort_id"]
+
+    def enqueue(self, stored: StoredCohort, done: set[str] | None = None) -> None:
+        """One task per batch of the cohort (``subjects_per_task`` consecutive subjects, sampled together by
+        a worker); with ``done``, only the batches that still have a subject to store."""
+        for subjects in stored.batches():
+            if done is None or any(job.participant_id not in done for job in subjects):
+                self.celery.send_task(GENERATE_SUBJECTS, args=[SubjectBatch(subjects=subjects).model_dump()])
+
+    def _await_record(self, tenant: str, cohort_id: str, timeout: float = 5.0) -> CohortRecord:
+        """The cohort a concurrent request with the same Idempotency-Key is creating."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.state.get(cohort_id)
+            if record is not None:
+                return record
+            if time.monotonic() > deadline:
+                raise CohortConflict("a request with this Idempotency-Key is still being processed: retry")
+            time.sleep(0.1)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def load(self, tenant: str, cohort_id: str) -> CohortRecord:
+        """The caller's cohort (404 for another tenant's); rebuilt from object storage if Redis lost it."""
+        if not cohort_id.isalnum() or len(cohort_id) > 64:
+            raise CohortNotFound(cohort_id)
+        record = self.state.get(cohort_id)
+        if record is not None and record.tenant != tenant:
+            # the same storage lookup a miss makes, so timing cannot tell another tenant's id from a random one
+            self.store.get_bytes_if_present(cohort_json_key(tenant, cohort_id))
+            raise CohortNotFound(cohort_id)
+        if record is None:
+            record = recover_cohort(self.state, self.store, tenant, cohort_id)
+            if record is not None and record.status not in FINAL:
+                stored = self.stored(record)
+                self.enqueue(stored, done=stored_subjects(self.store, stored))
+                log.warning("cohort %s was rebuilt from object storage and its missing subjects queued", cohort_id)
+        if record is None or record.tenant != tenant:
+            raise CohortNotFound(cohort_id)
+        return record
+
+    def stored(self, record: CohortRecord) -> StoredCohort:
+        """The cohort's request as stored; 404 when it is gone (deleted while this request was answered)."""
+        raw = self.store.get_bytes_if_present(cohort_json_key(record.tenant, record.id))
+        if raw is None:
+            raise CohortNotFound(record.id)
+        return StoredCohort.model_validate_json(raw)
+
+    def status(self, record: CohortRecord) -> CohortStatus:
+        """The cohort's status body (progress, times, the completed request, links)."""
+        done, _ = self.state.progress(record.id)
+        base = f"/v1/cohorts/{record.id}"
+        return CohortStatus(
+            id=record.id,
+            status=record.status.value,
+            progress=Progress(done=done, total=record.total),
+            created_at=iso_time(record.created_at),
+            updated_at=iso_time(record.updated_at),
+            request=record.request,
+            error=record.error,
+            links={
+                "self": base,
+                "events": f"{base}/events",
+                "subjects": f"{base}/subjects",
+                "archive": f"{base}/archive",
+            },
+        )
+
+    def list_page(self, tenant: str, page_size: int, token: str | None) -> CohortPage:
+        """The tenant's cohorts, newest first, ``page_size`` (at most the server's limit) after ``token``."""
+        size = min(page_size, self.settings.page_size_max)
+        before = read_page_token(token) if token else None
+        rows = self.state.list_page(tenant, before, size + 1)
+        cohorts = []
+        for cohort_id, _ in rows[:size]:
+            record = self.state.get(cohort_id)
+            if record is not None:
+                cohorts.append(self.status(record))
+        next_token = page_token(rows[size - 1][1], rows[size - 1][0]) if len(rows) > size else None
+        return CohortPage(cohorts=cohorts, next_page_token=next_token)
+
+    def subjects(self, record: CohortRecord) -> SubjectPage:
+        """Every subject's covariates, seed and status, with presigned URLs of the stored ones."""
+        stored = self.stored(record)
+        done = self.state.done(record.id)
+        prefix = bids_prefix(record.tenant, record.id)
+        expiry = self.settings.presign_expiry_s
+        out = []
+        for job in stored.subjects:
+            is_done = job.participant_id in done
+            status = "stored" if is_done else ("not_run" if record.status in FINAL else "pending")
+            out.append(
+                SubjectOut(
+                    **job.model_dump(include=set(SubjectOut.model_fields)),
+                    status=status,
+                    url=self.store.presigned_get(prefix + t1w_path(job.participant_id), expiry) if is_done else None,
+                    sidecar_url=(
+                        self.store.presigned_get(prefix + sidecar_path(job.participant_id), expiry) if is_done else None
+                    ),
+                    expires_in_s=expiry if is_done else None,
+                )
+            )
+        return SubjectPage(cohort_id=record.id, subjects=out)
+
+    def archive_entries(self, record: CohortRecord) -> list[tuple[str, int, Iterator[bytes]]]:
+        """The finished cohort's files as (name in the ZIP, size, byte stream), the manifest last."""
+        prefix = bids_prefix(record.tenant, record.id)
+        objects = self.store.list_objects(prefix)
+        if record.status not in FINAL or (prefix + MANIFEST) not in {key for key, _ in objects}:
+            raise CohortConflict(
+                f"cohort {record.id} is {record.status.value}: its archive is ready once it has finished "
+                "(watch /events or poll the status)",
+                retry_after_s=5,
+            )
+        objects.sort(key=lambda item: item[0].endswith(MANIFEST))  # the manifest last, as in storage
+        root = f"cohort-{record.id}/"
+        return [(root + key[len(prefix) :], size, self.store.stream(key)) for key, size in objects]
+
+    def preview(self, record: CohortRecord, participant: str, kind: str) -> Preview:
+        """A stored subject's PNG preview (written by the worker before the subject's sidecar)."""
+        png = None
+        if is_participant_label(participant):
+            png = self.store.get_bytes_if_present(preview_key(record.tenant, record.id, participant, kind))
+        if png is None:
+            raise NotFound(f"no preview of {participant} in cohort {record.id}: it is not stored (yet)")
+        return Preview(png, f'"{hashlib.sha256(png).hexdigest()[:32]}"')
+
+    # -- changes ----------------------------------------------------------------------------------
+    def cancel(self, record: CohortRecord) -> CohortRecord:
+        """Cancel a queued or running cohort (finished subjects stay); 409 once it succeeded or failed."""
+        if record.status in (Status.SUCCEEDED, Status.FAILED):
+            raise CohortConflict(f"cohort {record.id} has already {record.status.value}: nothing to cancel")
+        if self.state.transition(record, Status.CANCELED, allowed_from={Status.QUEUED, Status.RUNNING}):
+            write_final_state(self.store, self.state.get(record.id) or record)
+        return self.state.get(record.id) or record
+
+    def delete(self, record: CohortRecord) -> None:
+        """Remove a finished or canceled cohort and all its objects; 409 while it is queued or running."""
+        if record.status not in FINAL:
+            raise CohortConflict(f"cohort {record.id} is {record.status.value}: cancel it before deleting it")
+        # The record goes first: a task still holding one of its subjects stops at its next heartbeat and
+        # removes whatever it wrote after this (worker.tasks); queued tasks find no cohort and do not run.
+        self.state.delete(record)
+        self.store.delete_prefix(cohort_prefix(record.tenant, record.id))

@@ -1,0 +1,168 @@
+"""The routers in process: ``create_app`` against a real Redis and a real S3 server (no worker: cohorts stay
+queued), through FastAPI's TestClient; ``dependency_overrides`` swaps the cohort service or the readiness
+prober where a test needs a failure on purpose. The end-to-end tests (test_e2e.py) keep the real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from jobs.storage import StorageError
+from service.api.deps import get_cohort_service, get_readiness
+from service.app import create_app
+from service.errors import CohortConflict
+from service.localstack import RedisServer, S3Server, start_redis
+from service.settings import ServiceSettings
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, make_model_dir, tiny_config
+
+KEY = {"Authorization": "Bearer key-routes"}
+OTHER = {"Authorization": "Bearer key-other"}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("routes-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` (epsilon prediction) and ``tiny-x0``, the same networks trained, says its model.json, to predict
+    the clean sample (which PLMS cannot sample)."""
+    root = tmp_path_factory.mktemp("routes-models")
+    make_model_dir(root / "tiny")
+    config = tiny_config("tiny-x0")
+    scheduler = config.scheduler.model_copy(update={"prediction_type": "sample"})
+    make_model_dir(root / "tiny-x0", config.model_copy(update={"scheduler": scheduler}))
+    return root
+
+
+@pytest.fixture()
+def client(
+    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
+    monkeypatch.setenv("BRAINSYNTH_MODELS_DIR", str(models_dir))
+    settings = ServiceSettings(
+        broker_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=S3_ACCESS_KEY,
+        s3_secret_key=S3_SECRET_KEY,
+        s3_bucket="routes",
+        api_keys={"lab-routes": "key-routes", "lab-other": "key-other"},
+        log_format="text",
+    )
+    app = create_app(settings)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _submit(client: TestClient, body: dict, headers: dict | None = None) -> object:
+    return client.post("/v1/cohorts", json=body, headers={**KEY, **(headers or {})})
+
+
+def test_models_route_describes_each_model_and_only_the_samplers_it_can_run(client: TestClient) -> None:
+    assert client.get("/v1/models").status_code == 401
+    models = {m["name"]: m for m in client.get("/v1/models", headers=KEY).json()["models"]}
+    assert models["tiny"]["ready"] and models["tiny"]["conditioning"]["age"]["unit"] == "years"
+    assert set(models["tiny"]["samplers"]) == {"ddim", "ddpm", "pndm", "dpmpp2m"}
+    assert models["tiny"]["samplers"]["dpmpp2m"] == {"default_steps": 15}
+    assert set(models["tiny-x0"]["samplers"]) == {"ddim", "ddpm", "dpmpp2m"}  # PLMS has no x0 parameterisation
+
+
+def test_a_cohort_through_every_route_of_its_router(client: TestClient) -> None:
+    answer = _submit(client, {"model": "tiny", "n_subjects": 3, "seed": 5, "sampler": {"name": "ddim", "steps": 4}})
+    assert answer.status_code == 202, answer.text
+    cohort_id = answer.json()["id"]
+    assert answer.headers["Location"] == f"/v1/cohorts/{cohort_id}"
+    assert client.get(f"/v1/cohorts/{cohort_id}", headers=KEY).json()["status"] == "queued"
+    assert client.get(f"/v1/cohorts/{cohort_id}", headers=OTHER).status_code == 404  # another tenant's
+    subjects = client.get(f"/v1/cohorts/{cohort_id}/subjects", headers=KEY).json()["subjects"]
+    assert [s["status"] for s in subjects] == ["pending"] * 3 and subjects[0]["url"] is None
+    listed = client.get("/v1/cohorts", params={"page_size": 1}, headers=KEY).json()
+    assert listed["cohorts"][0]["id"] == cohort_id
+    archive = client.get(f"/v1/cohorts/{cohort_id}/archive", headers=KEY)
+    assert archive.status_code == 409 and archive.headers["Retry-After"] == "5"
+    assert client.delete(f"/v1/cohorts/{cohort_id}", headers=KEY).status_code == 409  # cancel it first
+    assert client.post(f"/v1/cohorts/{cohort_id}/cancel", headers=KEY).json()["status"] == "canceled"
+    assert client.delete(f"/v1/cohorts/{cohort_id}", headers=KEY).status_code == 204
+    gone = client.get(f"/v1/cohorts/{cohort_id}", headers=KEY)
+    assert gone.status_code == 404 and gone.json() == {"detail": f"cohort {cohort_id} not found"}
+
+
+def test_a_sampler_the_model_cannot_run_is_a_422_naming_the_sampler(client: TestClient) -> None:
+    answer = _submit(client, {"model": "tiny-x0", "n_subjects": 1, "sampler": {"name": "pndm"}})
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body", "sampler", "name"] and "'sample'" in error["msg"] and "ddim" in error["msg"]
+    ok = _submit(client, {"model": "tiny-x0", "n_subjects": 1, "sampler": {"name": "dpmpp2m"}})
+    assert ok.status_code == 202, ok.text
+    client.post(f"/v1/cohorts/{ok.json()['id']}/cancel", headers=KEY)
+
+
+def test_validation_answers_keep_their_shape(client: TestClient) -> None:
+    twin = {"age": 60, "sex": "F", "ventricular_volume_mm3": 30000, "brain_volume_mm3": 1.5e6, "seed": 9}
+    answer = _submit(client, {"model": "tiny", "subjects": [twin, twin]})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "subjects", 1, "seed"]
+    assert "repeats subject 0" in answer.json()["detail"][0]["msg"]
+    bad_token = client.get("/v1/cohorts", params={"page_token": "%%%"}, headers=KEY)
+    assert bad_token.status_code == 422 and bad_token.json()["detail"][0]["loc"] == ["query", "page_token"]
+    wrong_type = client.post("/v1/cohorts", content=b"{}", headers={**KEY, "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415 and "application/json" in wrong_type.json()["detail"]
+    unknown = _submit(client, {"model": "nope", "n_subjects": 1})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "model"]
+
+
+class _Failing:
+    """A cohort service whose every read fails with ``error`` (the dependency swapped in for one test)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, _name: str) -> object:
+        def fail(*_args: object) -> None:
+            raise self.error
+
+        return fail
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "detail", "retry_after"),
+    [
+        (StorageError("down"), 503, "object storage is unavailable: retry shortly", "5"),
+        (redis.ConnectionError("down"), 503, "the job store (Redis) is unavailable: retry shortly", "5"),
+        (CohortConflict("cohort x is running: cancel it before deleting it"), 409, "cohort x is running", None),
+    ],
+)
+def test_one_set_of_handlers_maps_domain_and_dependency_errors(
+    client: TestClient, error: Exception, status: int, detail: str, retry_after: str | None
+) -> None:
+    client.app.dependency_overrides[get_cohort_service] = lambda: _Failing(error)  # type: ignore[attr-defined]
+    try:
+        answer = client.get("/v1/cohorts/abc", headers=KEY)
+    finally:
+        client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    assert answer.status_code == status and answer.json()["detail"].startswith(detail)
+    assert answer.headers.get("Retry-After") == retry_after
+
+
+class _Readiness:
+    def report(self, *, workers_required: bool = True) -> dict:
+        ready = not workers_required
+        return {"ready": ready, "redis": True, "storage": True, "workers": "no worker beat in the last 10 s"}
+
+
+def test_readiness_route_reads_the_prober_and_the_workers_option(client: TestClient) -> None:
+    client.app.dependency_overrides[get_readiness] = _Readiness  # type: ignore[attr-defined]
+    try:
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/readyz", params={"workers": "optional"}).json()["ready"] is True
+    finally:
+        client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    real = client.get("/readyz", params={"workers": "optional"})  # the real prober: Redis and S3 are up
+    assert real.status_code == 200 and real.json()["redis"] is True and real.json()["storage"] is True
