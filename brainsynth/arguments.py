@@ -24,6 +24,7 @@ from models.cohort.design import (
     tsv_has_column,
     tsv_sampling,
 )
+from models.cohort.like import ReferenceTable, like_subjects
 
 
 class UsageError(Exception):
@@ -49,6 +50,7 @@ FIELD_FLAGS: dict[tuple[str, ...], str] = {
     ("sampler", "name"): "--sampler",
     ("sampler", "steps"): "--steps",
     ("subjects",): "--subjects",
+    ("like",): "--like",
     ("covariates", "age"): "--age/--age-range",
     ("covariates", "ventricular_volume_mm3"): "--ventricular-volume/--ventricular-range",
     ("covariates", "brain_volume_mm3"): "--brain-volume/--brain-range",
@@ -143,6 +145,11 @@ def add_cohort_arguments(
     brain.add_argument("--brain-range", type=float, nargs=2, metavar=("LO", "HI"), help="uniform range, mm3")
     parser.add_argument("--subjects", type=Path, metavar="FILE.tsv", help="explicit subjects (participants.tsv format)")
     parser.add_argument(
+        "--like", type=Path, metavar="FILE.tsv",
+        help="draw the covariates like this reference table (a real study's participants.tsv: age, sex, and the "
+        "volumes when present), keeping its marginals and correlations (Gaussian copula); with --n",
+    )  # fmt: skip
+    parser.add_argument(
         "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
     )
     parser.add_argument("--steps", type=int, help=f"denoising steps (default: {default_steps_text()})")
@@ -169,15 +176,30 @@ def _span(value: float | None, pair: Sequence[float] | None) -> Span | None:
     return None
 
 
+def _covariate_flags_given(args: argparse.Namespace) -> bool:
+    fixed = [args.age, args.age_range, args.ventricular_volume, args.ventricular_range, args.brain_volume,
+             args.brain_range]  # fmt: skip
+    return any(v is not None for v in fixed) or args.sex != "mixed"
+
+
+def _reference(args: argparse.Namespace) -> ReferenceTable | None:
+    """The ``--like`` reference table (checked against the other options), or ``None``."""
+    if args.like is None:
+        return None
+    if args.subjects is not None or _covariate_flags_given(args):
+        raise UsageError("--like draws every covariate: do not combine it with --subjects, --age/--sex/--*-volume")
+    if args.n is None:
+        raise UsageError("--like needs --n (how many subjects to draw like the table)")
+    return ReferenceTable.from_tsv(args.like)
+
+
 def _explicit_subjects(args: argparse.Namespace) -> list[SubjectSpec] | None:
     """The subjects of ``--subjects`` (checked against the other options), or ``None``."""
     if args.subjects is None:
         if args.n is None:
             raise UsageError("--n is required unless --subjects is given")
         return None
-    fixed = [args.age, args.age_range, args.ventricular_volume, args.ventricular_range, args.brain_volume,
-             args.brain_range]  # fmt: skip
-    if any(v is not None for v in fixed) or args.sex != "mixed":
+    if _covariate_flags_given(args):
         raise UsageError("--subjects lists every covariate: do not combine it with --age/--sex/--*-volume/--*-range")
     if not Path(args.subjects).is_file():
         raise UsageError(f"--subjects {args.subjects} does not exist")
@@ -221,15 +243,21 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[str, int | None]:
     return sampler, steps
 
 
-def cohort_subjects(args: argparse.Namespace, ranges: ConditioningRanges) -> list[SubjectSpec]:
-    """Every subject the options describe (for local sampling)."""
+def cohort_subjects(
+    args: argparse.Namespace, ranges: ConditioningRanges
+) -> tuple[list[SubjectSpec], dict[str, Any] | None]:
+    """Every subject the options describe (for local sampling), and with ``--like`` the comparison with the
+    reference table (:func:`models.cohort.like.like_report`)."""
+    reference = _reference(args)
     explicit = _explicit_subjects(args)
     if explicit is not None:
-        return explicit
+        return explicit, None
     if args.seed is None:
         raise UsageError("--seed is required with --n: every subject's seed derives from it")
+    if reference is not None:
+        return like_subjects(reference, args.n, args.seed, ranges, extrapolate=args.extrapolate)
     design = CohortDesign(args.n, args.seed, _female_fraction(args), **_spans(args))
-    return design_subjects(design, ranges, extrapolate=args.extrapolate)
+    return design_subjects(design, ranges, extrapolate=args.extrapolate), None
 
 
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,6 +281,9 @@ def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
             }
             for s in explicit
         ]
+    elif (reference := _reference(args)) is not None:
+        request["n_subjects"] = args.n
+        request["like"] = {"rows": reference.rows()}
     else:
         request["n_subjects"] = args.n
         covariates: dict[str, Any] = {"sex": {"female_fraction": _female_fraction(args)}}

@@ -382,7 +382,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     sampler, given_steps = resolve_sampling(args)
     steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
     check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
-    subjects = cohort_subjects(args, config.conditioning)
+    subjects, like_report = cohort_subjects(args, config.conditioning)
     execution = Execution(args.precision, args.channels_last, args.compile, args.decode_slab, args.decode_offload)
 
     from tqdm import tqdm
@@ -407,6 +407,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             extrapolate=args.extrapolate,
             authors=args.authors,
+            like_report=like_report,
             callback=progress,
         )
     print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")

@@ -57,10 +57,12 @@ from models.cohort.design import (
     repeated_subject,
     subject_seed,
 )
+from models.cohort.like import ReferenceTable, like_subjects
 from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
 from models.errors import ConditioningError, SamplingError
 from service.errors import (
     ActiveLimitReached,
+    BodyTooLarge,
     CohortConflict,
     CohortNotFound,
     InvalidField,
@@ -160,11 +162,33 @@ class CohortService:
         except SamplingError as err:
             raise InvalidField(["body", *(err.field or "sampler").split(".")], str(err)) from err
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        specs = self._subjects(request, seed, count, entry)
         completed = request.model_dump(mode="json")
+        if request.like is not None:
+            specs, report = self._like_subjects(request, seed, count, entry)
+            # the rows are the user's study: the stored request keeps their size, hash and the comparison only
+            completed["like"] = {"rows": len(request.like.rows), "report": report}
+        else:
+            specs = self._subjects(request, seed, count, entry)
         completed["seed"] = seed
         completed["sampler"]["steps"] = steps
         return completed, specs, entry
+
+    def _like_subjects(
+        self, request: CohortRequest, seed: int, count: int, entry: ModelEntry
+    ) -> tuple[list[SubjectSpec], dict[str, Any]]:
+        """Subjects drawn like the request's reference rows (:mod:`models.cohort.like`)."""
+        assert request.like is not None
+        rows = request.like.rows
+        if len(rows) > self.settings.max_like_rows:
+            raise BodyTooLarge(
+                f"like.rows has {len(rows)} rows, over this server's limit of {self.settings.max_like_rows}: "
+                "send a random sample of the table"
+            )
+        try:
+            reference = ReferenceTable.from_rows([row.model_dump() for row in rows], "like.rows")
+            return like_subjects(reference, count, seed, entry.config.conditioning, extrapolate=request.extrapolate)
+        except ConditioningError as err:
+            raise InvalidField(["body", "like" if err.field == "like" else err.field], str(err)) from err
 
     @staticmethod
     def _subjects(request: CohortRequest, seed: int, count: int, entry: ModelEntry) -> list[SubjectSpec]:

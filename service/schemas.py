@@ -96,6 +96,30 @@ class SubjectIn(BaseModel):
     seed: int | None = Field(None, ge=0, le=SEED_MASK, description="the subject's seed (from participants.tsv)")
 
 
+class ReferenceRow(BaseModel):
+    """One row of a real study's participants table; a missing or null value leaves the row out of the
+    columns that need it."""
+
+    model_config = _STRICT
+
+    age: float | None = Field(None, allow_inf_nan=False, description="years")
+    sex: Literal["F", "M"] | None = Field(None, description="F or M")
+    ventricular_volume_mm3: float | None = Field(None, allow_inf_nan=False, description="mm3")
+    brain_volume_mm3: float | None = Field(None, allow_inf_nan=False, description="mm3")
+
+
+class LikeIn(BaseModel):
+    """Draw the cohort like a real one: covariates from a Gaussian copula fitted to these rows (their
+    marginals and rank correlations), clipped to the model's range. Covariates the rows lack are drawn
+    uniformly over the model's range."""
+
+    model_config = _STRICT
+
+    rows: list[ReferenceRow] = Field(
+        min_length=1, description="the reference table (the server's limit applies: 413 past it)"
+    )
+
+
 class SamplerIn(BaseModel):
     model_config = _STRICT
 
@@ -116,6 +140,7 @@ class CohortRequest(BaseModel):
     n_subjects: int | None = Field(None, ge=1, description="cohort size (the server's limit applies)")
     seed: int | None = Field(None, ge=0, le=SEED_MASK, description="cohort seed; drawn by the server if omitted")
     covariates: CovariatesIn | None = None
+    like: LikeIn | None = Field(None, description="a reference table to draw the covariates like (with n_subjects)")
     subjects: list[SubjectIn] | None = Field(None, min_length=1, description="explicit subjects instead of n_subjects")
     sampler: SamplerIn = Field(default_factory=SamplerIn)
     dtype: OutputDType = Field("float32", description="NIfTI data type: float32 (0-1) or uint8 (0-255)")
@@ -138,9 +163,11 @@ class CohortRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> CohortRequest:
+        if self.like is not None and (self.covariates is not None or self.subjects is not None):
+            raise ValueError("give like or covariates or a subjects list, not two of them")
         if self.subjects is None:
             if self.n_subjects is None:
-                raise ValueError("give n_subjects (with optional covariates) or a subjects list")
+                raise ValueError("give n_subjects (with optional covariates or like) or a subjects list")
         else:
             if self.covariates is not None:
                 raise ValueError("give covariates or a subjects list, not both")

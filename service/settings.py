@@ -43,6 +43,8 @@ class ServiceSettings(JobSettings):
     max_subjects_per_cohort: int = Field(1000, ge=1)
     max_active_cohorts_per_tenant: int = Field(4, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    #: Most rows a ``like`` reference table may have (413 past it; the body limit applies as well).
+    max_like_rows: int = Field(5000, ge=10)
     presign_expiry_s: int = Field(300, ge=5, le=3600)
     page_size_max: int = Field(100, ge=1)
     #: Subjects sampled together by a worker (one UNet batch per task); part of how a subject's bytes are made.

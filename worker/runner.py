@@ -135,7 +135,8 @@ def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -
         for p in participants
         if p in present
     ]
-    for relative, text in dataset_files(config, name, records, stored.request.get("authors")).items():
+    like_report = (stored.request.get("like") or {}).get("report")
+    for relative, text in dataset_files(config, name, records, stored.request.get("authors"), like_report).items():
         store.put_bytes(prefix + relative, text.encode(), "text/plain")
     digests = []
     for key in store.list_keys(prefix):

@@ -167,18 +167,30 @@ def require_empty_folder(path: Path, option: str | None = None) -> Path:
     return path
 
 
+#: The comparison of a cohort drawn ``like`` a reference table with it (:func:`models.cohort.like.like_report`).
+LIKE_REPORT = "like_report.json"
+
+
 def dataset_files(
-    config: ModelConfig, cohort_name: str, records: list[SubjectRecord], authors: Sequence[str] | None = None
+    config: ModelConfig,
+    cohort_name: str,
+    records: list[SubjectRecord],
+    authors: Sequence[str] | None = None,
+    like_report: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every dataset-level file of a cohort but the manifest (relative path -> text), the same for a local
-    ``brainsynth sample`` and the service's archive; write them after the subjects, then :func:`manifest`."""
-    return {
+    ``brainsynth sample`` and the service's archive; write them after the subjects, then :func:`manifest`.
+    A cohort drawn like a reference table also gets :data:`LIKE_REPORT` (outside BIDS: in .bidsignore)."""
+    files = {
         "dataset_description.json": dumps(dataset_description(config, cohort_name, authors)),
         "README": dataset_readme(config, cohort_name),
         "participants.json": dumps(participants_json(config)),
         "participants.tsv": participants_tsv(records),
-        ".bidsignore": MANIFEST + "\n",
+        ".bidsignore": MANIFEST + "\n" + (LIKE_REPORT + "\n" if like_report is not None else ""),
     }
+    if like_report is not None:
+        files[LIKE_REPORT] = dumps(like_report)
+    return files
 
 
 def manifest(digests: Iterable[tuple[str, str]]) -> str:

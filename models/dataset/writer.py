@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ def write_cohort(
     extrapolate: bool = False,
     cohort_name: str = DEFAULT_COHORT_NAME,
     authors: Sequence[str] | None = None,
+    like_report: dict[str, Any] | None = None,
     callback: ProgressCallback | None = None,
 ) -> Path:
     """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
@@ -102,7 +104,7 @@ def write_cohort(
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)
             records.append(record)
-    for relative, text in dataset_files(config, cohort_name, records, authors).items():
+    for relative, text in dataset_files(config, cohort_name, records, authors, like_report).items():
         (out_dir / relative).write_text(text)
     digests = [
         (path.relative_to(out_dir).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())

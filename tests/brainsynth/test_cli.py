@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -398,3 +399,26 @@ def test_a_command_whose_extra_is_missing_says_which_to_install() -> None:
     assert error_message(ModuleNotFoundError("No module named 'torch'", name="torch")) == (
         "this command needs torch, from the ml extra: pip install 'brainsynth[ml]'"
     )
+
+
+def test_sample_like_a_reference_table_writes_its_report(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.models.cohort.test_like import _write, reference_rows
+
+    table = _write(tmp_path / "study.tsv", reference_rows(40))
+    out = tmp_path / "out"
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--like", str(table), "--n", "3", "--seed",
+                            "2", "--steps", "2", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, stderr
+    report = json.loads((out / "like_report.json").read_text())
+    assert report["reference_rows"] == 40 and set(report["columns"]) == {"sex", "age", "ventricular_volume_mm3",
+                                                                          "brain_volume_mm3"}  # fmt: skip
+    assert "like_report.json" in (out / ".bidsignore").read_text().split()
+    assert "like_report.json" in (out / "SHA256SUMS").read_text()
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--like", str(table), "--n", "3", "--seed",
+                            "2", "--age", "60", "--out", str(tmp_path / "o2")], capsys)  # fmt: skip
+    assert code == 2 and "--like draws every covariate" in stderr
+    code, _, stderr = _run(["submit", "--model", "demo", "--like", str(tmp_path / "none.tsv"), "--n", "2",
+                            "--url", "http://127.0.0.1:9", "--api-key", "k"], capsys)  # fmt: skip
+    assert code == 2 and "--like: " in stderr and "none.tsv does not exist" in stderr

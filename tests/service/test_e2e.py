@@ -303,6 +303,30 @@ def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, caps
     assert "401" in capsys.readouterr().err
 
 
+def test_cli_names_what_the_server_refuses_by_its_flags_with_exit_2(
+    stack: LocalStack, reference_cohort: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's 422s (the model's range, the server's limit) come back as flags and exit 2, and
+    `brainsynth subjects ID | head` ends quietly (it said "error: [Errno 32] Broken pipe" and exited 1)."""
+    import subprocess
+    import sys
+
+    from brainsynth.cli import main
+
+    common = ["--url", stack.url, "--api-key", KEYS["lab-a"]]
+    assert main(["submit", "--model", "tiny", "--n", "2", "--seed", "1", "--age", "30", *common]) == 2
+    stderr = capsys.readouterr().err
+    assert "--age/--age-range: age: 30.0 years is outside the training range 44-82 years" in stderr
+    assert "pass --extrapolate" in stderr and "body" not in stderr
+    assert main(["submit", "--model", "tiny", "--n", "60", "--seed", "1", *common]) == 2
+    assert "--n: must be between 1 and 50 subjects on this server, got 60" in capsys.readouterr().err
+    command = [sys.executable, "-m", "brainsynth.cli", "subjects", reference_cohort, *common]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # `| head` that has read enough
+    assert process.wait(timeout=60) == 0 and process.stderr.read() == b""
+
+
 def test_a_model_registered_while_the_stack_runs_is_served_at_once(
     stack: LocalStack, client: BrainSynthClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -372,3 +396,20 @@ def test_a_cohort_deleted_while_a_request_reads_it_is_a_404_not_a_500(
     store.client.remove_object(store.bucket, cohort_json_key("lab-a", cohort["id"]))
     response = client.http.get(f"/v1/cohorts/{cohort['id']}/subjects")
     assert response.status_code == 404 and cohort["id"] in response.json()["detail"]
+
+
+def test_a_cohort_like_a_reference_table_carries_its_report_in_the_archive(
+    client: BrainSynthClient, tmp_path: Path
+) -> None:
+    from models.cohort.like import ReferenceTable
+    from tests.models.cohort.test_like import reference_rows
+
+    rows = ReferenceTable.from_rows(reference_rows(40)).rows()
+    cohort = client.submit({"model": "tiny", "n_subjects": 2, "seed": 3, "like": {"rows": rows},
+                            "sampler": {"name": "ddim", "steps": 3}})  # fmt: skip
+    assert client.wait(cohort["id"], timeout=300)["status"] == "succeeded"
+    dataset = client.download(cohort["id"], tmp_path)
+    report = json.loads((dataset / "like_report.json").read_text())
+    assert report == client.status(cohort["id"])["request"]["like"]["report"] and report["reference_rows"] == 40
+    assert "like_report.json" in (dataset / ".bidsignore").read_text().split()
+    assert verify_manifest(dataset) == len((dataset / "SHA256SUMS").read_text().splitlines())

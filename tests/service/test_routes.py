@@ -166,3 +166,25 @@ def test_readiness_route_reads_the_prober_and_the_workers_option(client: TestCli
         client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
     real = client.get("/readyz", params={"workers": "optional"})  # the real prober: Redis and S3 are up
     assert real.status_code == 200 and real.json()["redis"] is True and real.json()["storage"] is True
+
+
+def test_a_cohort_like_a_reference_table(client: TestClient) -> None:
+    """``like`` rows are fitted, the subjects drawn from them; the stored request keeps the row count and
+    the comparison, never the user's rows; too many rows are a 413, an unusable table a 422 naming like."""
+    from tests.models.cohort.test_like import reference_rows
+
+    rows = [{k: v for k, v in row.items() if k != "participant_id"} for row in reference_rows(60)]
+    rows = [{**r, "age": float(r["age"]), "ventricular_volume_mm3": float(r["ventricular_volume_mm3"]),
+             "brain_volume_mm3": float(r["brain_volume_mm3"])} for r in rows]  # fmt: skip
+    answer = _submit(client, {"model": "tiny", "n_subjects": 4, "seed": 2, "like": {"rows": rows}})
+    assert answer.status_code == 202, answer.text
+    request = answer.json()["request"]
+    assert request["like"]["rows"] == 60 and request["like"]["report"]["reference_rows"] == 60
+    assert "age" in request["like"]["report"]["spearman"]["synthetic"]
+    client.post(f"/v1/cohorts/{answer.json()['id']}/cancel", headers=KEY)
+    too_many = _submit(client, {"model": "tiny", "n_subjects": 1, "like": {"rows": [{"age": 60.0}] * 5001}})
+    assert too_many.status_code == 413 and "like.rows" in too_many.json()["detail"]
+    unusable = _submit(client, {"model": "tiny", "n_subjects": 1, "like": {"rows": [{"sex": "F"}] * 3}})
+    assert unusable.status_code == 422 and unusable.json()["detail"][0]["loc"] == ["body", "like"]
+    both = _submit(client, {"model": "tiny", "n_subjects": 1, "like": {"rows": rows}, "covariates": {}})
+    assert both.status_code == 422 and "like or covariates" in both.json()["detail"][0]["msg"]

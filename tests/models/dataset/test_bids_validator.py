@@ -40,3 +40,19 @@ def test_without_authors_the_default_author_leaves_only_the_one_author_notice(
     report = subprocess.run([VALIDATOR, str(out)], capture_output=True, text=True, timeout=300).stdout
     warnings = [line for line in report.splitlines() if "[WARN]" in line]
     assert len(warnings) == 1 and "TOO_FEW_AUTHORS" in warnings[0], report
+
+
+@pytest.mark.skipif(not Path(VALIDATOR).is_file(), reason="bids-validator not installed (make test installs it)")
+def test_a_cohort_drawn_like_a_reference_table_is_valid_bids(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """like_report.json sits at the root, named in .bidsignore: the validator finds no error or warning."""
+    from models.cohort.like import ReferenceTable, like_subjects
+    from tests.models.cohort.test_like import reference_rows
+
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    reference = ReferenceTable.from_rows(reference_rows(30))
+    subjects, report = like_subjects(reference, 2, 5, pipeline.config.conditioning)
+    out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2, authors=["A. B", "C. D"],
+                       like_report=report)  # fmt: skip
+    result = subprocess.run([VALIDATOR, str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "[ERR]" not in result.stdout and "[WARN]" not in result.stdout, result.stdout
+    assert (out / "like_report.json").is_file()
