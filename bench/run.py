@@ -136,7 +136,7 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
             return None
         images = torch.from_numpy(np.stack([np.clip(s.volume, 0, 1) for s in samples])[:, None]).float()
         measured = probe.measure(images)[:, 0]
-        from models.evaluation.volumes import pearson_r
+        from models.dataset.qc import pearson_r
 
         return round(pearson_r(np.array([c.ventricular_volume_mm3 for c in covariates]), measured), 4)
 

@@ -51,6 +51,8 @@ FIELD_FLAGS: dict[tuple[str, ...], str] = {
     ("sampler", "steps"): "--steps",
     ("subjects",): "--subjects",
     ("like",): "--like",
+    ("qc",): "--qc",
+    ("qc_tolerance",): "--qc-tolerance",
     ("covariates", "age"): "--age/--age-range",
     ("covariates", "ventricular_volume_mm3"): "--ventricular-volume/--ventricular-range",
     ("covariates", "brain_volume_mm3"): "--brain-volume/--brain-range",
@@ -156,6 +158,15 @@ def add_cohort_arguments(
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
+    parser.add_argument(
+        "--qc", choices=("none", "probe", "samseg"),
+        help="measure each subject's volumes back: probe (the model's volume probe; default where the model has "
+        "one, else none), samseg (not available yet), none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--qc-tolerance", type=float, metavar="FRACTION",
+        help="relative difference per volume that still passes QC (default 0.25)",
+    )  # fmt: skip
 
 
 def _sex_option(text: str) -> str:
@@ -263,6 +274,9 @@ def cohort_subjects(
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
+    for field in ("qc", "qc_tolerance"):
+        if getattr(args, field) is not None:
+            request[field] = getattr(args, field)
     if args.authors:
         request["authors"] = args.authors
     sampler, steps = resolve_sampling(args)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brainsynth.arguments import UsageError, add_cohort_arguments, cohort_subjects, resolve_sampling
-from models.catalogue.config import read_model_config
+from models.catalogue.config import PROBE_JSON, read_model_config
 from models.catalogue.presets import PRESETS, ukb
 from models.catalogue.registry import (
     ModelEntry,
@@ -21,8 +22,11 @@ from models.catalogue.registry import (
     user_models_dir,
 )
 from models.cohort.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler, unprintable
-from models.dataset.bids import require_empty_folder
+from models.dataset.bids import DEFAULT_QC_TOLERANCE, require_empty_folder
 from models.inference.execution import Execution
+
+if TYPE_CHECKING:
+    from models.dataset.writer import VolumeMeasure
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -369,6 +373,28 @@ def _parameter_counts(config: Any) -> dict[str, int]:
     return parameter_counts(config)
 
 
+def _local_measure(args: argparse.Namespace, model_dir: Path) -> Callable[[], VolumeMeasure] | None:
+    """What ``--qc`` asks for on this machine (checked before torch loads): a loader of the model's volume
+    probe, or ``None``."""
+    has_probe = (model_dir / PROBE_JSON).is_file()
+    qc = args.qc or ("probe" if has_probe else "none")
+    if qc == "samseg":
+        raise UsageError("--qc samseg is not available yet (SAMSEG measuring is in progress): use --qc probe or none")
+    if qc == "probe" and not has_probe:
+        raise UsageError(f"--qc probe: {model_dir} has no volume probe ({PROBE_JSON}); use --qc none")
+    if args.qc_tolerance is not None and not 0 < args.qc_tolerance <= 1:
+        raise UsageError(f"--qc-tolerance must be in (0, 1], got {args.qc_tolerance}")
+    if qc == "none":
+        return None
+
+    def load() -> VolumeMeasure:
+        from models.evaluation.volumes import VolumeProbe
+
+        return VolumeProbe.load(model_dir).measure_volume
+
+    return load
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before torch is imported (a typo answers in well under a second).
     if args.batch_size < 1:
@@ -383,6 +409,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
     check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
     subjects, like_report = cohort_subjects(args, config.conditioning)
+    measure = _local_measure(args, model_dir)
     execution = Execution(args.precision, args.channels_last, args.compile, args.decode_slab, args.decode_offload)
 
     from tqdm import tqdm
@@ -408,6 +435,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             extrapolate=args.extrapolate,
             authors=args.authors,
             like_report=like_report,
+            measure=measure() if measure else None,
+            qc_tolerance=args.qc_tolerance or DEFAULT_QC_TOLERANCE,
             callback=progress,
         )
     print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.cohort.conditioning import Covariates
 from models.cohort.design import PARTICIPANT_LABEL, OutputDType, SamplerName, SubjectSpec
+from models.dataset.bids import DEFAULT_QC_TOLERANCE
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
@@ -32,11 +33,14 @@ class SubjectJob(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     dtype: OutputDType = "float32"
     extrapolate: bool = False
+    #: measure the stored image back (``probe``: the model's volume probe, in the generating worker)
+    qc: Literal["none", "probe"] = "none"
+    qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
 
     @classmethod
     def from_spec(cls, spec: SubjectSpec, **cohort: Any) -> SubjectJob:
         """The job for a designed subject; ``cohort`` holds the fields every subject of its cohort shares
-        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate)."""
+        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate, qc, qc_tolerance)."""
         c = spec.covariates
         return cls(participant_id=spec.participant_id, sex=c.sex, age=c.age,
                    ventricular_volume_mm3=c.ventricular_volume_mm3, brain_volume_mm3=c.brain_volume_mm3,
@@ -59,7 +63,7 @@ class SubjectBatch(BaseModel):
     @model_validator(mode="after")
     def _one_cohort_one_setting(self) -> SubjectBatch:
         first = self.subjects[0]
-        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate")
+        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "qc", "qc_tolerance")
         for job in self.subjects[1:]:
             for name in shared:
                 if getattr(job, name) != getattr(first, name):

@@ -58,7 +58,7 @@ from models.cohort.design import (
     subject_seed,
 )
 from models.cohort.like import ReferenceTable, like_subjects
-from models.dataset.bids import MANIFEST, sidecar_path, t1w_path
+from models.dataset.bids import DEFAULT_QC_TOLERANCE, MANIFEST, sidecar_path, t1w_path
 from models.errors import ConditioningError, SamplingError
 from service.errors import (
     ActiveLimitReached,
@@ -171,7 +171,24 @@ class CohortService:
             specs = self._subjects(request, seed, count, entry)
         completed["seed"] = seed
         completed["sampler"]["steps"] = steps
+        completed["qc"] = self._measure(request, entry)
+        completed["qc_tolerance"] = request.qc_tolerance if request.qc_tolerance is not None else DEFAULT_QC_TOLERANCE
         return completed, specs, entry
+
+    @staticmethod
+    def _measure(request: CohortRequest, entry: ModelEntry) -> str:
+        """The cohort's measure: as asked, or the model's volume probe where it has one, else none."""
+        if request.qc is None:
+            return "probe" if entry.has_volume_probe else "none"
+        if request.qc == "samseg":
+            raise InvalidField(
+                ["body", "qc"],
+                "samseg is not available on this server: no SAMSEG measuring workers run here yet; use probe "
+                "(where the model has a volume probe) or none",
+            )
+        if request.qc == "probe" and not entry.has_volume_probe:
+            raise InvalidField(["body", "qc"], f"model {entry.name!r} has no volume probe to measure with: use none")
+        return request.qc
 
     def _like_subjects(
         self, request: CohortRequest, seed: int, count: int, entry: ModelEntry
@@ -247,7 +264,8 @@ class CohortService:
                 )
             shared = {"tenant": tenant, "cohort_id": cohort_id, "model": entry.name,
                       "sampler": completed["sampler"]["name"], "steps": completed["sampler"]["steps"],
-                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"]}  # fmt: skip
+                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"], "qc": completed["qc"],
+                      "qc_tolerance": completed["qc_tolerance"]}  # fmt: skip
             stored = StoredCohort(
                 id=cohort_id,
                 tenant=tenant,

@@ -145,6 +145,14 @@ class CohortRequest(BaseModel):
     sampler: SamplerIn = Field(default_factory=SamplerIn)
     dtype: OutputDType = Field("float32", description="NIfTI data type: float32 (0-1) or uint8 (0-255)")
     extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
+    qc: Literal["none", "probe", "samseg"] | None = Field(
+        None,
+        description="measure each subject's volumes back: probe (the model's volume probe, seconds; the default "
+        "where the model has one, else none), samseg (FreeSurfer's SAMSEG; not available yet: 422), none",
+    )
+    qc_tolerance: float | None = Field(
+        None, gt=0, le=1, description="relative difference per volume that still passes QC (default 0.25)"
+    )
 
     @field_validator("name")
     @classmethod

@@ -21,15 +21,15 @@ from models.catalogue.config import ModelConfig
 from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
+    Measurement,
     SamplerSettings,
-    dataset_files,
     manifest,
     record_from_sidecar,
     sidecar_path,
     t1w_path,
 )
 from models.dataset.previews import render_previews
-from models.dataset.writer import subject_files
+from models.dataset.writer import VolumeMeasure, dataset_level_files, subject_files
 from models.errors import GenerationStopped
 from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker import metrics
@@ -44,6 +44,7 @@ def generate_subjects(
     pipeline_for: Callable[[str], BrainLDMPipeline],
     writer_threads: int = 1,
     should_stop: StopCheck | None = None,
+    measure_for: Callable[[str], VolumeMeasure] | None = None,
 ) -> list[SubjectResult]:
     """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing,
     ``writer_threads`` subjects at a time in the background while later subjects decode.
@@ -53,6 +54,9 @@ def generate_subjects(
 
     A redelivered batch is sampled whole again, so the subjects it still has to store get the same bytes
     as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
+
+    With ``qc: probe``, each subject's volumes are measured back by ``measure_for(model)`` before its sidecar
+    is written, so a stored subject always carries its measurement and QC flag.
     """
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
@@ -75,7 +79,11 @@ def generate_subjects(
             job, sample = item
             started = time.perf_counter()
             pid = job.participant_id
-            _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device))
+            measurement = None
+            if job.qc == "probe" and measure_for is not None:
+                ventricles, brain = measure_for(job.model)(sample.volume)
+                measurement = Measurement(round(ventricles, 1), round(brain, 1), "probe", job.qc_tolerance)
+            _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device), measurement)
             for relative, content in files.items():  # NIfTI first, sidecar last
                 if relative == sidecar_path(pid):  # the sidecar marks the subject stored: its previews come first
                     for kind, png in render_previews(sample.volume, np.asarray(pipeline.config.affine)).items():
@@ -136,8 +144,9 @@ def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -
         if p in present
     ]
     like_report = (stored.request.get("like") or {}).get("report")
-    for relative, text in dataset_files(config, name, records, stored.request.get("authors"), like_report).items():
-        store.put_bytes(prefix + relative, text.encode(), "text/plain")
+    files = dataset_level_files(config, name, records, stored.request.get("authors"), like_report)
+    for relative, content in files.items():
+        store.put_bytes(prefix + relative, content, "image/png" if relative.endswith(".png") else "text/plain")
     digests = []
     for key in store.list_keys(prefix):
         digest = hashlib.sha256()

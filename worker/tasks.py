@@ -33,7 +33,7 @@ from models.errors import BrainSynthError
 from worker import metrics
 from worker.celery_app import app
 from worker.config import get_settings
-from worker.gpu import pipeline_for
+from worker.gpu import pipeline_for, probe_for
 from worker.liveness import Heartbeat
 from worker.runner import finalize_cohort, generate_subjects
 
@@ -143,7 +143,9 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     beat = heartbeat()
     stop = beat.begin(first.cohort_id, _delivery_tag(self))
     try:
-        results = generate_subjects(batch, store, pipeline_for, get_settings().writer_threads, stop.is_set)
+        results = generate_subjects(
+            batch, store, pipeline_for, get_settings().writer_threads, stop.is_set, measure_for=probe_for
+        )
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
         _fail(record, participants, str(err), "model")
         raise

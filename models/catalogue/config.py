@@ -20,6 +20,8 @@ from models.errors import ModelConfigError
 MODEL_JSON = "model.json"
 AUTOENCODER_FILE = "autoencoder.pt"
 UNET_FILE = "model.pt"
+#: The volume probe a model directory may ship (:mod:`models.evaluation.volumes`): its record and its weights.
+PROBE_JSON, PROBE_WEIGHTS = "volume_probe.json", "volume_probe.pt"
 FORMAT_VERSION = 1
 
 

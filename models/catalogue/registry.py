@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from models.catalogue.config import MODEL_JSON, ModelConfig, read_model_config, write_model_config
+from models.catalogue.config import MODEL_JSON, PROBE_JSON, ModelConfig, read_model_config, write_model_config
 from models.catalogue.presets import PRESETS
 from models.cohort.design import SAMPLER_TABLE
 from models.errors import ModelNotFoundError, RegistrationError
@@ -46,6 +46,11 @@ class ModelEntry:
     @property
     def ready(self) -> bool:
         return self.directory is not None and self.config.is_complete
+
+    @property
+    def has_volume_probe(self) -> bool:
+        """Whether the model directory ships a volume probe (the fast measure of ``qc: probe``)."""
+        return self.directory is not None and (self.directory / PROBE_JSON).is_file()
 
 
 def list_models(*, check_networks: bool = True) -> list[ModelEntry]:
@@ -161,4 +166,5 @@ def describe_model(entry: ModelEntry) -> dict[str, Any]:
             if scheduler.prediction_type in info.prediction_types
         },
         "max_steps": scheduler.num_train_timesteps,
+        "measures": ["probe"] if entry.has_volume_probe else [],
     }

@@ -44,6 +44,10 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
     "seed",
     "sampler",
     "steps",
+    "measured_ventricular_volume_mm3",
+    "measured_brain_volume_mm3",
+    "measure",
+    "qc",
 )
 
 
@@ -72,6 +76,32 @@ def sidecar_path(pid: str) -> str:
     return f"{_subject_folder(pid)}/anat/{pid}_T1w.json"
 
 
+#: What a subject's ``qc`` column says: both measured volumes within the tolerance of the requested ones, one
+#: of them outside it, or no measurement (``qc: none``, or a model without a volume probe).
+QC_PASS, QC_OUTSIDE, QC_NOT_MEASURED = "pass", "outside tolerance", "not measured"
+#: Relative difference between measured and requested volume that still passes, per volume (opt out: ``qc: none``).
+DEFAULT_QC_TOLERANCE = 0.25
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Volumes measured back on a generated image, in mm3, and the measure that took them (``probe``: the
+    model's volume probe, :mod:`models.evaluation.volumes`)."""
+
+    ventricular_volume_mm3: float
+    brain_volume_mm3: float
+    measure: str
+    tolerance: float = DEFAULT_QC_TOLERANCE
+
+    def qc(self, requested: Covariates) -> str:
+        """``pass`` when both volumes are within the relative tolerance of the request, else ``outside
+        tolerance``."""
+        pairs = ((self.ventricular_volume_mm3, requested.ventricular_volume_mm3),
+                 (self.brain_volume_mm3, requested.brain_volume_mm3))  # fmt: skip
+        inside = all(abs(measured - wanted) <= self.tolerance * abs(wanted) for measured, wanted in pairs)
+        return QC_PASS if inside else QC_OUTSIDE
+
+
 @dataclass(frozen=True)
 class SubjectRecord:
     """What participants.tsv and a sidecar say of one subject."""
@@ -83,6 +113,12 @@ class SubjectRecord:
     #: how it was sampled (``None``, written ``n/a``, for images that were not: phantoms)
     sampler: str | None = None
     steps: int | None = None
+    #: the volumes measured back on the image, if any
+    measurement: Measurement | None = None
+
+    @property
+    def qc(self) -> str:
+        return QC_NOT_MEASURED if self.measurement is None else self.measurement.qc(self.covariates)
 
 
 @dataclass(frozen=True)
@@ -169,6 +205,8 @@ def require_empty_folder(path: Path, option: str | None = None) -> Path:
 
 #: The comparison of a cohort drawn ``like`` a reference table with it (:func:`models.cohort.like.like_report`).
 LIKE_REPORT = "like_report.json"
+#: Requested against measured volumes of a measured cohort (:mod:`models.dataset.qc`).
+QC_REPORT, QC_SCATTER = "qc_report.json", "qc_scatter.png"
 
 
 def dataset_files(
@@ -180,13 +218,19 @@ def dataset_files(
 ) -> dict[str, str]:
     """Every dataset-level file of a cohort but the manifest (relative path -> text), the same for a local
     ``brainsynth sample`` and the service's archive; write them after the subjects, then :func:`manifest`.
-    A cohort drawn like a reference table also gets :data:`LIKE_REPORT` (outside BIDS: in .bidsignore)."""
+    A cohort drawn like a reference table also gets :data:`LIKE_REPORT`; a measured one's QC report and scatter
+    plot (:mod:`models.dataset.qc`) are named in .bidsignore here (outside BIDS, like the manifest)."""
+    ignored = [MANIFEST]
+    if like_report is not None:
+        ignored.append(LIKE_REPORT)
+    if any(record.measurement is not None for record in records):
+        ignored += [QC_REPORT, QC_SCATTER]
     files = {
         "dataset_description.json": dumps(dataset_description(config, cohort_name, authors)),
         "README": dataset_readme(config, cohort_name),
         "participants.json": dumps(participants_json(config)),
         "participants.tsv": participants_tsv(records),
-        ".bidsignore": MANIFEST + "\n" + (LIKE_REPORT + "\n" if like_report is not None else ""),
+        ".bidsignore": "".join(name + "\n" for name in ignored),
     }
     if like_report is not None:
         files[LIKE_REPORT] = dumps(like_report)
@@ -228,6 +272,32 @@ def participants_json(config: ModelConfig) -> dict[str, Any]:
         },
         "sampler": {"Description": "the sampler that made the subject (ddim, ddpm, pndm or dpmpp2m)"},
         "steps": {"Description": "its number of denoising steps"},
+        "measured_ventricular_volume_mm3": {
+            "Description": "ventricular CSF volume measured back on the generated image by the measure column's "
+            "measure (n/a: not measured)",
+            "Units": "mm3",
+        },
+        "measured_brain_volume_mm3": {
+            "Description": "head-size-normalised brain volume measured back on the generated image (n/a: not measured)",
+            "Units": "mm3",
+        },
+        "measure": {
+            "Description": "what measured the two volumes",
+            "Levels": {
+                "probe": "the model's volume probe, a CNN regressor trained on phantoms of known volume "
+                "(volume_probe.json in the model directory records its held-out accuracy)",
+                "n/a": "not measured",
+            },
+        },
+        "qc": {
+            "Description": "measured against requested volumes, each within a relative tolerance (the sidecar's "
+            f"Measured.tolerance; default {DEFAULT_QC_TOLERANCE:g})",
+            "Levels": {
+                QC_PASS: "both volumes within the tolerance",
+                QC_OUTSIDE: "at least one volume outside it",
+                QC_NOT_MEASURED: "no measurement (qc none, or no measure for this model)",
+            },
+        },
     }
 
 
@@ -252,6 +322,12 @@ def participants_tsv(records: list[SubjectRecord]) -> str:
             record.seed,
             "n/a" if record.sampler is None else record.sampler,
             "n/a" if record.steps is None else record.steps,
+            *(
+                ("n/a", "n/a", "n/a")
+                if (m := record.measurement) is None
+                else (m.ventricular_volume_mm3, m.brain_volume_mm3, m.measure)
+            ),
+            record.qc,
         )
         lines.append("\t".join(_format(v) for v in row))
     return "\n".join(lines) + "\n"
@@ -291,7 +367,17 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         "MONAIVersion": package_version("monai"),
         "Device": device,
         "Platform": platform.platform(),
+        **_measured(record),
     }
+
+
+def _measured(record: SubjectRecord) -> dict[str, Any]:
+    m = record.measurement
+    if m is None:
+        return {"QC": record.qc}
+    measured = {"ventricular_volume_mm3": m.ventricular_volume_mm3, "brain_volume_mm3": m.brain_volume_mm3,
+                "measure": m.measure, "tolerance": m.tolerance}  # fmt: skip
+    return {"Measured": measured, "QC": record.qc}
 
 
 def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRecord:
@@ -299,9 +385,14 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
     c = sidecar["Conditioning"]
     covariates = Covariates(c["sex"], c["age"], c["ventricular_volume_mm3"], c["brain_volume_mm3"])
     values = tuple(float(v) for v in c["normalised"]["values"])
+    m = sidecar.get("Measured")
+    measurement = None if m is None else Measurement(
+        float(m["ventricular_volume_mm3"]), float(m["brain_volume_mm3"]), str(m["measure"]), float(m["tolerance"])
+    )  # fmt: skip
     return SubjectRecord(
-        participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"])
-    )  # type: ignore[arg-type]
+        participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"]),
+        measurement,
+    )  # type: ignore[arg-type]  # fmt: skip
 
 
 def dumps(document: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ Who the cohort contains is decided by :mod:`models.cohort.design`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ from models.cohort.design import SubjectSpec
 from models.cohort.nifti import OutputDType, nifti_gz_bytes, to_nifti
 from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
+    DEFAULT_QC_TOLERANCE,
     MANIFEST,
+    Measurement,
     SamplerSettings,
     SubjectRecord,
     dataset_files,
@@ -29,16 +31,27 @@ from models.dataset.bids import (
     t1w_path,
     t1w_sidecar,
 )
+from models.dataset.qc import qc_files
 from models.inference.pipeline import BrainLDMPipeline, ProgressCallback, SubjectSample
+
+#: Measures a generated volume on the model grid: (ventricular, brain) volume in mm3 (:mod:`models.evaluation`).
+VolumeMeasure = Callable[[np.ndarray], tuple[float, float]]
 
 
 def subject_files(
-    config: ModelConfig, spec: SubjectSpec, sample: SubjectSample, settings: SamplerSettings, device: str
+    config: ModelConfig,
+    spec: SubjectSpec,
+    sample: SubjectSample,
+    settings: SamplerSettings,
+    device: str,
+    measurement: Measurement | None = None,
 ) -> tuple[SubjectRecord, dict[str, bytes]]:
-    """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar."""
+    """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar (with the
+    volumes measured back on the image and its QC flag, when ``measurement`` is given)."""
     record = SubjectRecord(
-        spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps
-    )
+        spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps,
+        measurement,
+    )  # fmt: skip
     image = to_nifti(
         sample.volume,
         np.asarray(config.affine),
@@ -50,6 +63,20 @@ def subject_files(
         t1w_path(spec.participant_id): nifti_gz_bytes(image),
         sidecar_path(spec.participant_id): dumps(sidecar).encode(),
     }
+
+
+def dataset_level_files(
+    config: ModelConfig,
+    cohort_name: str,
+    records: list[SubjectRecord],
+    authors: Sequence[str] | None = None,
+    like_report: dict[str, Any] | None = None,
+) -> dict[str, bytes]:
+    """Every dataset-level file but the manifest (relative path -> bytes), for a local cohort and the service's
+    finalisation alike: the BIDS files (:func:`models.dataset.bids.dataset_files`) and a measured cohort's QC
+    report and scatter plot (:func:`models.dataset.qc.qc_files`)."""
+    texts = dataset_files(config, cohort_name, records, authors, like_report)
+    return {**{relative: text.encode() for relative, text in texts.items()}, **qc_files(records)}
 
 
 def write_cohort(
@@ -65,6 +92,9 @@ def write_cohort(
     cohort_name: str = DEFAULT_COHORT_NAME,
     authors: Sequence[str] | None = None,
     like_report: dict[str, Any] | None = None,
+    measure: VolumeMeasure | None = None,
+    measure_name: str = "probe",
+    qc_tolerance: float = DEFAULT_QC_TOLERANCE,
     callback: ProgressCallback | None = None,
 ) -> Path:
     """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
@@ -99,13 +129,17 @@ def write_cohort(
         )
         done_before += len(chunk) * (num_inference_steps + 1)
         for spec, sample in zip(chunk, samples, strict=True):
-            record, files = subject_files(config, spec, sample, settings, str(pipeline.device))
+            measurement = None
+            if measure is not None:
+                ventricles, brain = measure(sample.volume)
+                measurement = Measurement(round(ventricles, 1), round(brain, 1), measure_name, qc_tolerance)
+            record, files = subject_files(config, spec, sample, settings, str(pipeline.device), measurement)
             for relative, content in files.items():  # the sidecar comes last: it marks the subject done
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)
             records.append(record)
-    for relative, text in dataset_files(config, cohort_name, records, authors, like_report).items():
-        (out_dir / relative).write_text(text)
+    for relative, content in dataset_level_files(config, cohort_name, records, authors, like_report).items():
+        (out_dir / relative).write_bytes(content)
     digests = [
         (path.relative_to(out_dir).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())
         for path in out_dir.rglob("*")

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from monai.networks.nets import Regressor
 
-from models.catalogue.config import ModelConfig
+from models.catalogue.config import PROBE_JSON, PROBE_WEIGHTS, ModelConfig
 from models.cohort.design import read_subjects_tsv
+from models.dataset.qc import agreement
 from models.errors import BrainSynthError
 from models.training.data import load_training_set
 
-PROBE_WEIGHTS = "volume_probe.pt"
-PROBE_JSON = "volume_probe.json"
 CHANNELS = (8, 16, 32, 64)
 
 
@@ -54,23 +53,6 @@ class ProbeInfo:
 
 def build_probe(image_shape: tuple[int, int, int]) -> Regressor:
     return Regressor(in_shape=(1, *image_shape), out_shape=(2,), channels=CHANNELS, strides=(2, 2, 2, 2))
-
-
-def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's correlation coefficient."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def agreement(requested: np.ndarray, measured: np.ndarray) -> dict[str, float]:
-    """Pearson r, mean absolute error and mean absolute percentage error."""
-    requested, measured = np.asarray(requested, dtype=np.float64), np.asarray(measured, dtype=np.float64)
-    return {
-        "pearson_r": round(pearson_r(requested, measured), 4),
-        "mae_mm3": round(float(np.abs(requested - measured).mean()), 1),
-        "mape_percent": round(float((np.abs(requested - measured) / requested).mean() * 100), 2),
-    }
 
 
 def _smooth_bias(generator: torch.Generator, batch: int, shape: tuple[int, ...], strength: float) -> torch.Tensor:
@@ -143,6 +125,13 @@ class VolumeProbe:
         z = torch.cat(out).numpy().astype(np.float64)
         values = z * np.array(self.info.target_std) + np.array(self.info.target_mean)
         return np.stack([np.exp(values[:, 0]), values[:, 1]], axis=1)
+
+    def measure_volume(self, volume: np.ndarray) -> tuple[float, float]:
+        """(ventricular, brain) volume in mm3 of one generated volume (X, Y, Z) as decoded (clipped to [0, 1]
+        first, as the evaluation measures it)."""
+        image = torch.from_numpy(np.clip(volume, 0.0, 1.0)[None, None]).float()
+        ventricles, brain = self.measure(image)[0]
+        return float(ventricles), float(brain)
 
 
 def train_probe(

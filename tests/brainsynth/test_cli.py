@@ -422,3 +422,34 @@ def test_sample_like_a_reference_table_writes_its_report(
     code, _, stderr = _run(["submit", "--model", "demo", "--like", str(tmp_path / "none.tsv"), "--n", "2",
                             "--url", "http://127.0.0.1:9", "--api-key", "k"], capsys)  # fmt: skip
     assert code == 2 and "--like: " in stderr and "none.tsv does not exist" in stderr
+
+
+def test_sample_measures_each_subject_with_the_models_probe_by_default(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo ships a volume probe: its cohorts carry measured volumes, a QC flag, the report and the plot;
+    a model without one is not measured; samseg is refused until it is available."""
+    out = tmp_path / "demo"
+    code, _, stderr = _run(["sample", "--model", "demo", "--n", "2", "--seed", "3", "--steps", "2",
+                            "--qc-tolerance", "0.5", "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, stderr
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert {r["measure"] for r in rows} == {"probe"} and {r["qc"] for r in rows} <= {"pass", "outside tolerance"}
+    assert all(float(r["measured_ventricular_volume_mm3"]) > 0 for r in rows)
+    report = json.loads((out / "qc_report.json").read_text())
+    assert report["measured"] == 2 and report["tolerance"] == [0.5]
+    assert {"qc_report.json", "qc_scatter.png"} <= {
+        line.split()[1] for line in (out / "SHA256SUMS").read_text().splitlines()
+    }
+    plain = tmp_path / "tiny"
+    assert main(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", "--steps", "2",
+                 "--out", str(plain)]) == 0  # fmt: skip
+    assert "not measured" in (plain / "participants.tsv").read_text() and not (plain / "qc_report.json").exists()
+    capsys.readouterr()
+    for extra, says in (
+        (["--qc", "samseg"], "--qc samseg is not available yet"),
+        (["--qc", "probe"], "no volume probe"),
+    ):
+        code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", *extra,
+                                "--out", str(tmp_path / "x")], capsys)  # fmt: skip
+        assert code == 2 and says in stderr

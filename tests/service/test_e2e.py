@@ -413,3 +413,25 @@ def test_a_cohort_like_a_reference_table_carries_its_report_in_the_archive(
     assert report == client.status(cohort["id"])["request"]["like"]["report"] and report["reference_rows"] == 40
     assert "like_report.json" in (dataset / ".bidsignore").read_text().split()
     assert verify_manifest(dataset) == len((dataset / "SHA256SUMS").read_text().splitlines())
+
+
+def test_a_demo_cohort_is_measured_by_the_workers_as_locally(client: BrainSynthClient, tmp_path: Path) -> None:
+    """qc defaults to the demo's volume probe: the worker measures each subject before its sidecar, and the
+    numbers are those `brainsynth sample` measures on the same subjects (same batch size)."""
+    from brainsynth.cli import main
+
+    cohort = client.submit({"model": "demo", "n_subjects": 2, "seed": 9, "sampler": {"name": "ddim", "steps": 3},
+                            "qc_tolerance": 0.3})  # fmt: skip
+    assert cohort["request"]["qc"] == "probe"
+    assert client.wait(cohort["id"], timeout=300)["status"] == "succeeded"
+    dataset = client.download(cohort["id"], tmp_path / "served")
+    served = list(csv.DictReader((dataset / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert {row["measure"] for row in served} == {"probe"}
+    report = json.loads((dataset / "qc_report.json").read_text())
+    assert report["measured"] == 2 and report["tolerance"] == [0.3] and (dataset / "qc_scatter.png").is_file()
+    local = tmp_path / "local"
+    assert main(["sample", "--model", "demo", "--subjects", str(dataset / "participants.tsv"), "--batch-size", "2",
+                 "--qc-tolerance", "0.3", "--out", str(local)]) == 0  # fmt: skip
+    again = list(csv.DictReader((local / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    columns = ("measured_ventricular_volume_mm3", "measured_brain_volume_mm3", "qc")
+    assert [[row[c] for c in columns] for row in again] == [[row[c] for c in columns] for row in served]

@@ -120,7 +120,9 @@ def test_a_researcher_designs_watches_previews_and_downloads_a_cohort(page: obje
     names = archive.namelist()
     assert f"cohort-{cohort_id}/participants.tsv" in names
     assert sum(name.endswith("_T1w.nii.gz") for name in names) == 2
-    assert not [name for name in names if name.endswith(".png")]  # previews stay out of the BIDS archive
+    previews = [name for name in names if name.endswith(".png") and not name.endswith("/qc_scatter.png")]
+    assert previews == []  # previews stay out of the BIDS archive (the QC scatter plot is the cohort's)
+    assert f"cohort-{cohort_id}/qc_report.json" in names  # the demo has a volume probe: measured by default
 
     page.click("nav a[href='#/cohorts']")
     row = page.wait_for_selector(f"tr[data-cohort='{cohort_id}']")

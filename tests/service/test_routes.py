@@ -188,3 +188,18 @@ def test_a_cohort_like_a_reference_table(client: TestClient) -> None:
     assert unusable.status_code == 422 and unusable.json()["detail"][0]["loc"] == ["body", "like"]
     both = _submit(client, {"model": "tiny", "n_subjects": 1, "like": {"rows": rows}, "covariates": {}})
     assert both.status_code == 422 and "like or covariates" in both.json()["detail"][0]["msg"]
+
+
+def test_the_measure_is_chosen_per_model_and_an_unavailable_one_is_a_422_naming_qc(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/v1/models", headers=KEY).json()["models"]}
+    assert models["tiny"]["measures"] == []  # no volume probe in its directory
+    answer = _submit(client, {"model": "tiny", "n_subjects": 1, "sampler": {"name": "ddim", "steps": 2}})
+    assert answer.status_code == 202 and answer.json()["request"]["qc"] == "none"
+    assert answer.json()["request"]["qc_tolerance"] == 0.25
+    client.post(f"/v1/cohorts/{answer.json()['id']}/cancel", headers=KEY)
+    for qc, says in (("probe", "has no volume probe"), ("samseg", "samseg is not available on this server")):
+        refused = _submit(client, {"model": "tiny", "n_subjects": 1, "qc": qc})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "qc"]
+        assert says in refused.json()["detail"][0]["msg"]
+    unknown = _submit(client, {"model": "tiny", "n_subjects": 1, "qc": "synthseg"})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "qc"]

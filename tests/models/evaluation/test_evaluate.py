@@ -12,8 +12,9 @@ from PIL import Image
 
 from brainsynth.cli import main
 from models.cohort.nifti import mni_centred_affine
+from models.dataset.qc import agreement, pearson_r
 from models.evaluation.evaluate import ms_ssim_pairs
-from models.evaluation.volumes import ProbeError, VolumeProbe, agreement, pearson_r
+from models.evaluation.volumes import ProbeError, VolumeProbe
 from models.training.phantoms import write_phantom_cohort
 from tests.conftest import make_model_dir, tiny_config
 
