@@ -401,19 +401,34 @@ class CohortService:
             )
         return SubjectPage(cohort_id=record.id, subjects=out)
 
-    def archive_entries(self, record: CohortRecord) -> list[tuple[str, int, Iterator[bytes]]]:
-        """The finished cohort's files as (name in the ZIP, size, byte stream), the manifest last."""
+    def _finished_objects(self, record: CohortRecord, what: str) -> list[tuple[str, int]]:
+        """The finished cohort's objects (key, size); 409 naming ``what`` until its manifest is written."""
         prefix = bids_prefix(record.tenant, record.id)
         objects = self.store.list_objects(prefix)
         if record.status not in FINAL or (prefix + MANIFEST) not in {key for key, _ in objects}:
             raise CohortConflict(
-                f"cohort {record.id} is {record.status.value}: its archive is ready once it has finished "
+                f"cohort {record.id} is {record.status.value}: its {what} is ready once it has finished "
                 "(watch /events or poll the status)",
                 retry_after_s=5,
             )
+        return objects
+
+    def archive_entries(self, record: CohortRecord) -> list[tuple[str, int, Iterator[bytes]]]:
+        """The finished cohort's files as (name in the ZIP, size, byte stream), the manifest last."""
+        prefix = bids_prefix(record.tenant, record.id)
+        objects = self._finished_objects(record, "archive")
         objects.sort(key=lambda item: item[0].endswith(MANIFEST))  # the manifest last, as in storage
         root = f"cohort-{record.id}/"
         return [(root + key[len(prefix) :], size, self.store.stream(key)) for key, size in objects]
+
+    def qc_file(self, record: CohortRecord, name: str) -> bytes:
+        """A finished, measured cohort's QC report or scatter plot (409 until it has finished, 404 when its
+        subjects were not measured)."""
+        self._finished_objects(record, "QC report")
+        content = self.store.get_bytes_if_present(bids_prefix(record.tenant, record.id) + name)
+        if content is None:
+            raise NotFound(f"cohort {record.id} was not measured (qc {record.request.get('qc', 'none')}): no QC report")
+        return content
 
     def preview(self, record: CohortRecord, participant: str, kind: str) -> Preview:
         """A stored subject's PNG preview (written by the worker before the subject's sidecar)."""

@@ -62,8 +62,14 @@ def qc_report(records: Sequence[SubjectRecord]) -> dict[str, Any] | None:
         "tolerance": sorted({r.measurement.tolerance for r in measured}),  # type: ignore[union-attr]
         "passed": passed,
         "acceptance_rate": round(passed / len(measured), 4),
-        **{field: agreement(*_pairs(measured, field)) for field, _ in VOLUMES},
+        **{field: _agreement(measured, field) for field, _ in VOLUMES},
     }
+
+
+def _agreement(measured: Sequence[SubjectRecord], field: str) -> dict[str, float | None]:
+    """:func:`agreement` of one volume; Pearson r only from three subjects on (two points always lie on a line)."""
+    result = agreement(*_pairs(measured, field))
+    return {**result, "pearson_r": None} if len(measured) < 3 else result
 
 
 def qc_scatter_png(records: Sequence[SubjectRecord], panel: int = 320) -> bytes:

@@ -295,9 +295,10 @@ async function renderCohort(id) {
   const remove = el("button", { type: "button", class: "danger", id: "delete", text: "Delete" });
   const strip = el("div", { class: "strip", id: "strip", title: "mid-axial slice of every stored subject" });
   const subjects = el("div", { class: "subjects", id: "subjects" });
+  const evidence = el("section", { id: "evidence", hidden: true });
   view.replaceChildren(title, el("p", { class: "range-hint", text: `id ${id} · model ${first.body.request.model}` }),
     state, el("div", { class: "row" }, bar, counts), error, el("div", { class: "actions" }, download, cancel, remove),
-    el("h3", { text: "Previews (neurological: subject's left on the left; window 0-1)" }), strip, subjects);
+    evidence, el("h3", { text: "Previews (neurological: subject's left on the left; window 0-1)" }), strip, subjects);
 
   async function freshToken() {
     if (Date.now() - tokenAt > 5 * 60 * 1000) { token = await linkToken(id); tokenAt = Date.now(); }
@@ -325,6 +326,23 @@ async function renderCohort(id) {
     }
   }
 
+  // Requested against measured volumes, once the cohort has finished (only measured cohorts have a report).
+  async function showEvidence() {
+    if (!evidence.hidden || (first.body.request.qc || "none") === "none") return;
+    const { status, body } = await api(`/v1/cohorts/${encodeURIComponent(id)}/qc`);
+    if (status !== 200) return;
+    const row = (label, a) => el("tr", {}, el("th", { text: label }), el("td", { text: a.pearson_r === null ? "n/a" : String(a.pearson_r) }),
+      el("td", { text: `${fmt(a.mae_mm3, 0)} mm³` }), el("td", { text: `${fmt(a.mape_percent, 1)} %` }));
+    evidence.replaceChildren(
+      el("h3", { text: `Evidence: measured by ${body.measures.join(", ")} (requested against measured)` }),
+      el("p", { id: "qc-acceptance", text: `${body.passed} of ${body.measured} subjects within ${fmt(100 * body.tolerance[0], 0)} % of the request (acceptance ${fmt(100 * body.acceptance_rate, 0)} %)` }),
+      el("table", { id: "qc-report" },
+        el("tr", {}, el("th", { text: "volume" }), el("th", { text: "Pearson r" }), el("th", { text: "mean abs. error" }), el("th", { text: "mean abs. % error" })),
+        row("ventricles", body.ventricular_volume_mm3), row("brain", body.brain_volume_mm3)),
+      el("img", { id: "qc-scatter", src: `/v1/cohorts/${encodeURIComponent(id)}/qc.png?token=${encodeURIComponent(await freshToken())}`, alt: "measured against requested volumes, with the tolerance band" }));
+    evidence.hidden = false;
+  }
+
   let lastDone = -1;
   async function update(status) {
     state.className = `status-${status.status}`;
@@ -342,6 +360,7 @@ async function renderCohort(id) {
       download.hidden = false;
     }
     if (status.progress.done !== lastDone || final) { lastDone = status.progress.done; await showSubjects(); }
+    if (final) await showEvidence();
   }
 
   cancel.addEventListener("click", async () => {

@@ -398,6 +398,11 @@ def test_a_cohort_deleted_while_a_request_reads_it_is_a_404_not_a_500(
     assert response.status_code == 404 and cohort["id"] in response.json()["detail"]
 
 
+def test_an_unmeasured_cohort_has_no_qc_report(client: BrainSynthClient, reference_cohort: str) -> None:
+    answer = client.http.get(f"/v1/cohorts/{reference_cohort}/qc")
+    assert answer.status_code == 404 and "was not measured (qc none)" in answer.json()["detail"]
+
+
 def test_a_cohort_like_a_reference_table_carries_its_report_in_the_archive(
     client: BrainSynthClient, tmp_path: Path
 ) -> None:
@@ -429,6 +434,12 @@ def test_a_demo_cohort_is_measured_by_the_workers_as_locally(client: BrainSynthC
     assert {row["measure"] for row in served} == {"probe"}
     report = json.loads((dataset / "qc_report.json").read_text())
     assert report["measured"] == 2 and report["tolerance"] == [0.3] and (dataset / "qc_scatter.png").is_file()
+    base = f"/v1/cohorts/{cohort['id']}"
+    assert client.http.get(base + "/qc").json() == report
+    scatter = client.http.get(base + "/qc.png")
+    assert (
+        scatter.headers["content-type"] == "image/png" and scatter.content == (dataset / "qc_scatter.png").read_bytes()
+    )
     local = tmp_path / "local"
     assert main(["sample", "--model", "demo", "--subjects", str(dataset / "participants.tsv"), "--batch-size", "2",
                  "--qc-tolerance", "0.3", "--out", str(local)]) == 0  # fmt: skip

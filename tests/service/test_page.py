@@ -112,6 +112,10 @@ def test_a_researcher_designs_watches_previews_and_downloads_a_cohort(page: obje
         seeds = {s["participant_id"]: str(s["seed"]) for s in client.subjects(cohort_id)}
     for participant, seed in seeds.items():  # exact 63-bit seeds (a JavaScript number would round them)
         assert seed in page.inner_text(f"[data-participant='{participant}'] dl"), (participant, seed)
+    evidence = page.wait_for_selector("#qc-report", timeout=30_000)  # the demo is measured by its probe
+    assert "ventricles" in evidence.inner_text() and "Pearson r" in evidence.inner_text()
+    assert "of 2 subjects within 25 %" in page.inner_text("#qc-acceptance")
+    page.wait_for_function(IMAGE_IS_DRAWN, arg=page.query_selector("#qc-scatter"), timeout=30_000)
     page.screenshot(path=ARTIFACTS / "3-cohort.png", full_page=True)
 
     with page.expect_download() as download_info:

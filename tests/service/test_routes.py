@@ -87,6 +87,8 @@ def test_a_cohort_through_every_route_of_its_router(client: TestClient) -> None:
     assert listed["cohorts"][0]["id"] == cohort_id
     archive = client.get(f"/v1/cohorts/{cohort_id}/archive", headers=KEY)
     assert archive.status_code == 409 and archive.headers["Retry-After"] == "5"
+    for path in ("qc", "qc.png"):  # its QC report too: only once it has finished
+        assert client.get(f"/v1/cohorts/{cohort_id}/{path}", headers=KEY).status_code == 409
     assert client.delete(f"/v1/cohorts/{cohort_id}", headers=KEY).status_code == 409  # cancel it first
     assert client.post(f"/v1/cohorts/{cohort_id}/cancel", headers=KEY).json()["status"] == "canceled"
     assert client.delete(f"/v1/cohorts/{cohort_id}", headers=KEY).status_code == 204

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
 
+from models.dataset.bids import QC_REPORT, QC_SCATTER
 from service.api.deps import CohortServiceDep, Reader
 from service.archive import stream_zip
 from service.openapi import ARCHIVE_RESPONSES, ERROR_RESPONSES
@@ -28,6 +29,28 @@ def archive(cohort_id: str, tenant: Reader, cohorts: CohortServiceDep) -> Stream
     entries = cohorts.archive_entries(cohorts.load(tenant, cohort_id))
     headers = {"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.zip"'}
     return StreamingResponse(stream_zip(entries), media_type="application/zip", headers=headers)
+
+
+@router.get(
+    "/{cohort_id}/qc",
+    responses={**ARCHIVE_RESPONSES, 200: {"description": "requested against measured volumes (qc_report.json)"}},
+)
+def qc_report(cohort_id: str, tenant: Reader, cohorts: CohortServiceDep) -> Response:
+    """A finished cohort's QC report: subjects measured and passed, and per volume Pearson r, mean absolute
+    error and percentage error of measured against requested (404 if it was not measured)."""
+    report = cohorts.qc_file(cohorts.load(tenant, cohort_id), QC_REPORT)
+    return Response(report, media_type="application/json", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get(
+    "/{cohort_id}/qc.png",
+    response_class=Response,
+    responses={**ARCHIVE_RESPONSES, 200: {"content": {"image/png": {}}, "description": "PNG: measured vs requested"}},
+)
+def qc_scatter(cohort_id: str, tenant: Reader, cohorts: CohortServiceDep) -> Response:
+    """A finished cohort's scatter plot of measured against requested volumes, with the tolerance band."""
+    png = cohorts.qc_file(cohorts.load(tenant, cohort_id), QC_SCATTER)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
 def _preview_route(kind: str) -> Callable[..., Response]:

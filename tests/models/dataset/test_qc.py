@@ -76,7 +76,11 @@ def test_the_report_and_scatter_plot_of_a_measured_cohort() -> None:
     report = qc_report(records)
     assert report is not None
     assert (report["subjects"], report["measured"], report["passed"], report["acceptance_rate"]) == (3, 2, 1, 0.5)
-    assert report["ventricular_volume_mm3"] == {"pearson_r": 1.0, "mae_mm3": 11000.0, "mape_percent": 30.0}
+    # two measured subjects: no correlation to report (two points always lie on a line)
+    assert report["ventricular_volume_mm3"] == {"pearson_r": None, "mae_mm3": 11000.0, "mape_percent": 30.0}
+    records.append(SubjectRecord("sub-000004", Covariates("M", 70.0, 30000.0, 1500000.0), (0, 0, 0, 0), 4, "ddim",
+                                 10, Measurement(33000.0, 1500000.0, "probe")))  # fmt: skip
+    assert qc_report(records)["ventricular_volume_mm3"]["pearson_r"] == pytest.approx(0.9717, abs=1e-4)  # numpy.corrcoef agrees
     files = qc_files(records)
     assert set(files) == {"qc_report.json", "qc_scatter.png"}
     picture = Image.open(io.BytesIO(files["qc_scatter.png"]))
