@@ -13,6 +13,7 @@ from models.cohort.design import (
     DEFAULT_STEPS,
     DTYPES,
     FEWER_STEPS_HINT,
+    QC_MEASURES,
     SAMPLERS,
     CohortDesign,
     Span,
@@ -159,7 +160,7 @@ def add_cohort_arguments(
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
     parser.add_argument(
-        "--qc", choices=("none", "probe", "samseg"),
+        "--qc", choices=QC_MEASURES,
         help="measure each subject's volumes back: probe (the model's volume probe; default where the model has "
         "one, else none), samseg (not available yet), none",
     )  # fmt: skip

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from models.cohort.design import (
     SEED_MASK,
     OutputDType,
+    QcMeasure,
     SamplerName,
     default_steps_text,
     sampler_names_text,
@@ -145,7 +146,7 @@ class CohortRequest(BaseModel):
     sampler: SamplerIn = Field(default_factory=SamplerIn)
     dtype: OutputDType = Field("float32", description="NIfTI data type: float32 (0-1) or uint8 (0-255)")
     extrapolate: bool = Field(False, description="allow covariates outside the training range (to -0.5..1.9)")
-    qc: Literal["none", "probe", "samseg"] | None = Field(
+    qc: QcMeasure | None = Field(
         None,
         description="measure each subject's volumes back: probe (the model's volume probe, seconds; the default "
         "where the model has one, else none), samseg (FreeSurfer's SAMSEG; not available yet: 422), none",

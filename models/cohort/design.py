@@ -27,6 +27,9 @@ from models.errors import ConditioningError, SamplingError
 # The request vocabulary, owned here for the CLI, the API schemas, the task payloads and the pipeline (torch-free).
 #: NIfTI data types a cohort can be written in (:func:`models.cohort.nifti.to_nifti`).
 DTYPES: tuple[str, ...] = get_args(OutputDType)
+#: How a cohort's images are measured back (``qc``): not at all, the model's volume probe, FreeSurfer's SAMSEG.
+QcMeasure = Literal["none", "probe", "samseg"]
+QC_MEASURES: tuple[str, ...] = get_args(QcMeasure)
 #: What a diffusion UNet can be trained to predict (model.json ``scheduler.prediction_type``).
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)

@@ -80,7 +80,9 @@ def test_the_report_and_scatter_plot_of_a_measured_cohort() -> None:
     assert report["ventricular_volume_mm3"] == {"pearson_r": None, "mae_mm3": 11000.0, "mape_percent": 30.0}
     records.append(SubjectRecord("sub-000004", Covariates("M", 70.0, 30000.0, 1500000.0), (0, 0, 0, 0), 4, "ddim",
                                  10, Measurement(33000.0, 1500000.0, "probe")))  # fmt: skip
-    assert qc_report(records)["ventricular_volume_mm3"]["pearson_r"] == pytest.approx(0.9717, abs=1e-4)  # numpy.corrcoef agrees
+    assert qc_report(records)["ventricular_volume_mm3"]["pearson_r"] == pytest.approx(
+        0.9717, abs=1e-4
+    )  # numpy.corrcoef agrees
     files = qc_files(records)
     assert set(files) == {"qc_report.json", "qc_scatter.png"}
     picture = Image.open(io.BytesIO(files["qc_scatter.png"]))
