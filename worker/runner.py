@@ -21,7 +21,6 @@ from models.catalogue.config import ModelConfig
 from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
-    Measurement,
     SamplerSettings,
     manifest,
     record_from_sidecar,
@@ -29,7 +28,7 @@ from models.dataset.bids import (
     t1w_path,
 )
 from models.dataset.previews import render_previews
-from models.dataset.writer import VolumeMeasure, dataset_level_files, subject_files
+from models.dataset.writer import VolumeMeasure, dataset_level_files, measurement_of, subject_files
 from models.errors import GenerationStopped
 from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker import metrics
@@ -81,8 +80,7 @@ def generate_subjects(
             pid = job.participant_id
             measurement = None
             if job.qc == "probe" and measure_for is not None:
-                ventricles, brain = measure_for(job.model)(sample.volume)
-                measurement = Measurement(round(ventricles, 1), round(brain, 1), "probe", job.qc_tolerance)
+                measurement = measurement_of(measure_for(job.model), sample.volume, "probe", job.qc_tolerance)
             _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device), measurement)
             for relative, content in files.items():  # NIfTI first, sidecar last
                 if relative == sidecar_path(pid):  # the sidecar marks the subject stored: its previews come first

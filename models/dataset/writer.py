@@ -38,6 +38,14 @@ from models.inference.pipeline import BrainLDMPipeline, ProgressCallback, Subjec
 VolumeMeasure = Callable[[np.ndarray], tuple[float, float]]
 
 
+def measurement_of(
+    measure: VolumeMeasure, volume: np.ndarray, name: str = "probe", tolerance: float = DEFAULT_QC_TOLERANCE
+) -> Measurement:
+    """A generated volume's two volumes, measured by ``measure`` (named ``name``), rounded to 0.1 mm3."""
+    ventricles, brain = measure(volume)
+    return Measurement(round(ventricles, 1), round(brain, 1), name, tolerance)
+
+
 def subject_files(
     config: ModelConfig,
     spec: SubjectSpec,
@@ -129,10 +137,9 @@ def write_cohort(
         )
         done_before += len(chunk) * (num_inference_steps + 1)
         for spec, sample in zip(chunk, samples, strict=True):
-            measurement = None
-            if measure is not None:
-                ventricles, brain = measure(sample.volume)
-                measurement = Measurement(round(ventricles, 1), round(brain, 1), measure_name, qc_tolerance)
+            measurement = (
+                None if measure is None else measurement_of(measure, sample.volume, measure_name, qc_tolerance)
+            )
             record, files = subject_files(config, spec, sample, settings, str(pipeline.device), measurement)
             for relative, content in files.items():  # the sidecar comes last: it marks the subject done
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
