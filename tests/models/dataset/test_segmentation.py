@@ -27,6 +27,8 @@ def test_a_real_samseg_run_gives_both_measures() -> None:
     assert measured.brain_grey_white_mm3 == pytest.approx(1678334.879732)
     assert measured.brain_volume_mm3(2219150.405168) == pytest.approx(measured.brain_grey_white_mm3)
     assert measured.brain_volume_mm3(1109575.202584) == pytest.approx(measured.brain_grey_white_mm3 / 2)
+    # scaled to the MNI152 head: this 4 mm head's ICV reads larger than the template's 1,889,832 mm3
+    assert measured.brain_volume_mm3() == pytest.approx(1678334.879732 * 1889831.899527 / 2219150.405168)
     assert not set(VENTRICLE_LABELS) & set(BRAIN_LABELS)
     assert "CSF" not in BRAIN_LABELS and "Skull" not in BRAIN_LABELS
 
