@@ -42,7 +42,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 		echo "Chromium not installed (needs apt as root): tests/service/test_page.py will be skipped"
 	touch $@
 
-install: $(VENV)/.installed
+# The SAMSEG measuring workers' own environment (SAMSEG pins numpy < 2; no torch): brainsynth up --measure-workers.
+MEASURE_VENV ?= .venv-measure
+$(MEASURE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MEASURE_VENV)
+	$(MEASURE_VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[measure]"
+	touch $@
+
+install: $(VENV)/.installed $(MEASURE_VENV)/.installed
 
 # The official BIDS validator (npm, legacy 1.x line) checks the datasets the tests write; optional.
 BIDS_VALIDATOR := $(VENV)/node/node_modules/.bin/bids-validator
@@ -96,4 +103,4 @@ chaos: install
 	$(BIN)/python -m bench.chaos
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MEASURE_VENV) out .pytest_cache .ruff_cache

@@ -9,6 +9,10 @@ submitted once undisturbed, as the reference, and once per disturbance:
 * the S3 server frozen with SIGSTOP for 30 s, then SIGCONT;
 * the API stopped with SIGTERM once (``up`` restarts it).
 
+``up`` also runs one SAMSEG measuring worker (``--measure-workers 1``); a one-subject ``qc: samseg`` cohort has
+its measuring worker SIGKILLed mid-SAMSEG: the subject must be measured once (one completed SAMSEG run), its
+measuring task delivered again within 60 s of the kill (the worker's last heartbeat), the cohort succeed.
+
 Each run reports subjects stored, unique subjects, subjects byte-identical to the reference, duplicate
 writes (a subject written by two tasks, from the workers' logs), wall time against the reference and the
 longest stall (seconds without progress). A last table holds ``/healthz`` latency while 100 event streams
@@ -42,6 +46,7 @@ from service.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = {"model": "demo", "n_subjects": 20, "seed": 2026, "name": "chaos"}
+MEASURED_REQUEST = {"model": "demo", "n_subjects": 1, "seed": 2027, "name": "chaos measuring", "qc": "samseg"}
 
 
 def _children(pid: int) -> dict[int, str]:
@@ -92,7 +97,7 @@ class Stack:
         keys.chmod(0o600)
         self.data = root / "data"
         command = [sys.executable, "-m", "brainsynth.cli", "up", "--port", str(self.port), "--data-dir",
-                   str(self.data), "--api-key-file", str(keys)]  # fmt: skip
+                   str(self.data), "--api-key-file", str(keys), "--measure-workers", "1"]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.log = open(root / "up.log", "wb")  # noqa: SIM115 - closed in stop()
         self.up = subprocess.Popen(
@@ -102,10 +107,10 @@ class Stack:
         self.wait_ready(180)
 
     def pid_of(self, kind: str) -> int:
+        marks = {"worker": "worker.celery_app", "measure": "worker.measure_app", "api": "uvicorn",
+                 "redis": "redis-server"}  # fmt: skip
         for pid, cmd in _children(self.up.pid).items():
-            if (kind == "worker" and " celery " in f" {cmd}" and " worker " in cmd) or (
-                kind == "api" and "uvicorn" in cmd) or (kind == "redis" and "redis-server" in cmd) or (
-                kind == "s3" and cmd.split(" ", 1)[0].endswith("weed")):  # fmt: skip
+            if (kind in marks and marks[kind] in cmd) or (kind == "s3" and cmd.split(" ", 1)[0].endswith("weed")):
                 return pid
         raise RuntimeError(f"no {kind} process under brainsynth up")
 
@@ -337,6 +342,45 @@ def _load(stack: Stack) -> dict[str, float]:
     }
 
 
+def _log_times(stack: Stack, pattern: str, message: str) -> list[float]:
+    """Times (epoch s) of the log lines of ``pattern`` files whose JSON message starts with ``message``."""
+    from datetime import datetime
+
+    times = []
+    for log in (stack.data / "logs").glob(pattern):
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and (entry := json.loads(line)).get("message", "").startswith(message):
+                times.append(datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp())
+    return sorted(times)
+
+
+def _kill_measuring_worker(stack: Stack) -> dict[str, float | int | str]:
+    """A one-subject SAMSEG cohort whose measuring worker is SIGKILLed 20 s into SAMSEG (``up`` restarts it)."""
+    cohort = stack.request("POST", "/v1/cohorts", json=MEASURED_REQUEST).raise_for_status().json()
+    started = time.monotonic()
+    while not any("run_samseg" in cmd for cmd in _children(stack.up.pid).values()):
+        if time.monotonic() - started > 600:
+            raise RuntimeError("SAMSEG never started; see the measure-*.log files")
+        time.sleep(0.5)
+    time.sleep(20)
+    killed_at = time.time()
+    os.kill(stack.pid_of("measure"), signal.SIGKILL)
+    while (status := _status(stack, cohort["id"]))["status"] not in ("succeeded", "failed", "canceled"):
+        if time.monotonic() - started > 1800:
+            break
+        time.sleep(1)
+    received = [t for t in _log_times(stack, "measure-*.log", "Task cohort.measure_subject") if t > killed_at]
+    orphans = sum("run_samseg" in cmd for cmd in _children(stack.up.pid).values())
+    return {
+        "status": status["status"],
+        "measured": f"{status['progress'].get('measured', 0)}/{status['progress']['total']}",
+        "samseg_runs_completed": len(_log_times(stack, "measure-*.log", "SAMSEG measured")),
+        "redelivered_after_kill_s": round(received[0] - killed_at, 1) if received else -1.0,
+        "samseg_left_running": orphans,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/chaos"), help="stack data, logs and chaos.json")
@@ -372,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         load = _load(stack)
+        measuring = _kill_measuring_worker(stack)
     finally:
         stack.stop()
     total = REQUEST["n_subjects"]
@@ -386,12 +431,19 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| load: 100 held event streams + 200 simultaneous POSTs | value |\n|---|---|")
     for key, value in load.items():
         print(f"| {key} | {value:.0f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    (args.out / "chaos.json").write_text(json.dumps({"runs": [asdict(r) for r in runs], "load": load}, indent=2))
+    print("\n| measuring worker SIGKILLed mid-SAMSEG (1-subject qc samseg cohort) | value |\n|---|---|")
+    for key, value in measuring.items():
+        print(f"| {key} | {value} |")
+    document = {"runs": [asdict(r) for r in runs], "load": load, "measuring": measuring}
+    (args.out / "chaos.json").write_text(json.dumps(document, indent=2))
     goals = all(r.stored == total and r.identical == total and r.duplicates == 0 for r in runs)
     outages = {name: outage for name, (_, outage) in DISTURBANCES.items()}
     stalls = all(r.longest_stall_s <= 60 + outages.get(r.name, 0.0) for r in runs)
-    verdict = "met" if goals and stalls else "MISSED"
-    print(f"\ngoals (20/20 identical, 0 duplicates, no stall over 60 s + outage): {verdict}")
+    measured_once = measuring["status"] == "succeeded" and measuring["samseg_runs_completed"] == 1
+    redelivered = 0 <= float(measuring["redelivered_after_kill_s"]) <= 60  # type: ignore[arg-type]
+    verdict = "met" if goals and stalls and measured_once and redelivered else "MISSED"
+    print(f"\ngoals (20/20 identical, 0 duplicates, no stall over 60 s + outage; the killed measuring worker's "
+          f"subject measured once, again within 60 s): {verdict}")  # fmt: skip
     return 0
 
 

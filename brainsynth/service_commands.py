@@ -48,6 +48,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "default: one tenant 'local' with a key printed at start)",
     )  # fmt: skip
     up.add_argument("--workers", type=int, default=1, help="worker processes, one per GPU (default 1)")
+    up.add_argument(
+        "--measure-workers", type=int, default=0, metavar="N",
+        help="SAMSEG measuring worker processes (CPU, their own environment: make install), needed by cohorts with "
+        "qc samseg (default 0: none)",
+    )  # fmt: skip
 
     def client_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -104,6 +109,8 @@ def _print_status(status: dict[str, Any], as_json: bool) -> None:
         return
     progress = status["progress"]
     line = f"{status['id']}  {status['status']:<9}  {progress['done']}/{progress['total']} subjects"
+    if status.get("request", {}).get("qc") == "samseg":
+        line += f", {progress.get('measured', 0)}/{progress['total']} measured"
     if status.get("request", {}).get("name"):
         line += f"  {status['request']['name']}"
     print(line + (f"  error: {status['error']}" if status.get("error") else ""))
@@ -133,6 +140,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.measure_workers < 0:
+        raise UsageError(f"--measure-workers must be 0 or more, got {args.measure_workers}")
     given = dict(args.api_key)
     if args.api_key_file is not None:
         from service.settings import parse_api_keys
@@ -144,7 +153,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if not given:
             raise UsageError(f"--api-key-file {args.api_key_file} lists no TENANT=KEY lines")
     keys = given or {"local": secrets.token_urlsafe(18)}
-    stack = LocalStack(args.data_dir.resolve(), keys, host=args.host, port=args.port, workers=args.workers)
+    stack = LocalStack(args.data_dir.resolve(), keys, host=args.host, port=args.port, workers=args.workers,
+                       measure_workers=args.measure_workers)  # fmt: skip
     print(f"starting BrainSynth in {stack.data_dir} ...", file=sys.stderr)
 
     def terminate(_signum: int, _frame: object) -> None:
@@ -162,7 +172,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )
         if stack.gpus and args.workers > len(stack.gpus):
             print(f"warning: {args.workers} workers share {len(stack.gpus)} GPU(s)", file=sys.stderr)
-        print(f"  {args.workers} worker(s){placement}; Ctrl-C stops everything", flush=True)
+        measuring = f", {args.measure_workers} SAMSEG measuring worker(s)" if args.measure_workers else ""
+        print(f"  {args.workers} worker(s){placement}{measuring}; Ctrl-C stops everything", flush=True)
         while True:
             for what in stack.supervise_once():
                 print(f"restarted {what}", file=sys.stderr, flush=True)

@@ -13,6 +13,9 @@ from models.dataset.bids import DEFAULT_QC_TOLERANCE
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
 FINALIZE_COHORT = "cohort.finalize"
+MEASURE_SUBJECT = "cohort.measure_subject"
+#: The measuring workers' own Celery queue (CPU, SAMSEG's environment): GPU workers never wait for a segmenter.
+MEASURE_QUEUE = "measure"
 
 
 class SubjectJob(BaseModel):
@@ -33,8 +36,9 @@ class SubjectJob(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     dtype: OutputDType = "float32"
     extrapolate: bool = False
-    #: measure the stored image back (``probe``: the model's volume probe, in the generating worker)
-    qc: Literal["none", "probe"] = "none"
+    #: measure the stored image back (``probe``: the model's volume probe, in the generating worker;
+    #: ``samseg``: FreeSurfer's SAMSEG, by a measuring worker once the image is stored)
+    qc: Literal["none", "probe", "samseg"] = "none"
     qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
 
     @classmethod
@@ -87,3 +91,21 @@ class FinalizeJob(BaseModel):
     tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     model: str
+
+
+class MeasureJob(BaseModel):
+    """Measure one stored subject with SAMSEG: its label map and volumes into the cohort's derivative dataset,
+    then the measurement and QC flag into its T1w sidecar (written last: the subject is measured)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    model: str
+    participant_id: str = Field(pattern=f"^{PARTICIPANT_LABEL}$")
+    qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
+
+    @classmethod
+    def of(cls, job: SubjectJob) -> MeasureJob:
+        return cls(tenant=job.tenant, cohort_id=job.cohort_id, model=job.model, participant_id=job.participant_id,
+                   qc_tolerance=job.qc_tolerance)  # fmt: skip

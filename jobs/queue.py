@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from jobs.contract import MEASURE_QUEUE, MEASURE_SUBJECT
 from jobs.settings import JobSettings
 
 
@@ -40,5 +41,6 @@ def create_app(settings: JobSettings) -> Celery:
         worker_hijack_root_logger=False,
         result_backend_always_retry=True,  # ride out a Redis restart instead of failing the task
         result_backend_max_retries=20,
+        task_routes={MEASURE_SUBJECT: {"queue": MEASURE_QUEUE}},  # served by the measuring workers alone
     )
     return app

@@ -5,11 +5,16 @@ Redis (AOF in production) holds each cohort's record and per-subject progress::
     brainsynth:cohort:{id}            hash  tenant, model, status, created_at, updated_at, total, error, request
     brainsynth:cohort:{id}:done       set   participant ids whose files are stored
     brainsynth:cohort:{id}:settled    set   participant ids that will not run again (stored, skipped, failed)
-    brainsynth:cohort:{id}:attempts   hash  deliveries of each task, by its first participant id
+    brainsynth:cohort:{id}:attempts   hash  deliveries of each task, by its first participant id (measuring
+                                            tasks by ``measure:`` and the participant id)
+    brainsynth:cohort:{id}:measured   set   participant ids measured by SAMSEG (``qc: samseg`` cohorts)
+    brainsynth:cohort:{id}:measure-settled  set  participant ids that will not be measured again (measured,
+                                            not stored, or not measurable); all of them: finalise
     brainsynth:tenant:{t}:cohorts     zset  cohort ids by creation time
     brainsynth:tenant:{t}:active      set   cohort ids not yet final (the per-tenant limit)
     brainsynth:idempotency:{t}:{key}  str   {"hash", "cohort_id"} of a POST with an Idempotency-Key
     brainsynth:workers                zset  worker name -> time of its last heartbeat (worker.liveness)
+    brainsynth:measure-workers        zset  the same for the measuring workers
 
 Object storage keeps what is needed to rebuild all of it (:func:`recover_cohort`): ``cohort.json`` (the
 request and every subject job, written before anything is queued), each subject's sidecar (written last
@@ -31,19 +36,20 @@ from pydantic import BaseModel, Field
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from jobs.contract import SubjectJob
+from jobs.contract import MEASURE_QUEUE, SubjectJob
 from jobs.storage import ObjectStore, cohort_prefix
 from models.dataset.bids import sidecar_path
 
 PREFIX = "brainsynth"
 #: Live workers: name -> time of the last heartbeat (see :mod:`worker.liveness`).
 WORKERS_KEY = f"{PREFIX}:workers"
+MEASURE_WORKERS_KEY = f"{PREFIX}:measure-workers"
 #: Operational counts for /metrics, tenant-free: cohorts per status (kept by create, transition and delete;
 #: since the last Redis flush) and subjects settled per outcome (kept by the workers).
 COHORTS_BY_STATUS_KEY = f"{PREFIX}:metrics:cohorts-by-status"
 SUBJECT_OUTCOMES_KEY = f"{PREFIX}:metrics:subject-outcomes"
 #: Celery's queue (its Redis list) and kombu's hash of delivered, unacknowledged messages.
-QUEUE_KEYS = {"queued": "celery", "unacked": "unacked"}
+QUEUE_KEYS = {"queued": "celery", "unacked": "unacked", "measure_queued": MEASURE_QUEUE}
 #: The API replicas' shared secret for link tokens (``service.links``), made once.
 LINK_SECRET_KEY = f"{PREFIX}:link-token-secret"
 
@@ -215,6 +221,17 @@ class CohortState:
             pipe.scard(key)
             return int(pipe.execute()[1])
 
+    def mark_measured(self, cohort_id: str, participant: str) -> None:
+        self.redis.sadd(f"{cohort_key(cohort_id)}:measured", participant)
+
+    def settle_measure(self, cohort_id: str, participant: str) -> int:
+        """Record that ``participant`` will not be measured again; returns how many have settled so."""
+        key = f"{cohort_key(cohort_id)}:measure-settled"
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(key, participant)
+            pipe.scard(key)
+            return int(pipe.execute()[1])
+
     def count_attempt(self, cohort_id: str, participant: str) -> int:
         """Record one more delivery of the task whose first subject is ``participant``; kept a week."""
         key = f"{cohort_key(cohort_id)}:attempts"
@@ -226,13 +243,13 @@ class CohortState:
     def done(self, cohort_id: str) -> set[str]:
         return {m.decode() for m in self.redis.smembers(f"{cohort_key(cohort_id)}:done")}
 
-    def progress(self, cohort_id: str) -> tuple[int, int]:
-        """(stored, settled) subject counts."""
+    def progress(self, cohort_id: str) -> tuple[int, int, int]:
+        """(stored, settled, measured by SAMSEG) subject counts."""
         with self.redis.pipeline() as pipe:
-            pipe.scard(f"{cohort_key(cohort_id)}:done")
-            pipe.scard(f"{cohort_key(cohort_id)}:settled")
-            done, settled = pipe.execute()
-        return int(done), int(settled)
+            for what in ("done", "settled", "measured"):
+                pipe.scard(f"{cohort_key(cohort_id)}:{what}")
+            done, settled, measured = pipe.execute()
+        return int(done), int(settled), int(measured)
 
     def list_page(self, tenant: str, before: float | None, count: int) -> list[tuple[str, float]]:
         """Up to ``count`` (cohort id, created_at) of ``tenant``, newest first, created before ``before``."""
@@ -264,7 +281,9 @@ class CohortState:
         with self.redis.pipeline() as pipe:
             if status is not None:
                 pipe.hincrby(COHORTS_BY_STATUS_KEY, status.decode(), -1)
-            pipe.delete(key, f"{key}:done", f"{key}:settled", f"{key}:attempts")
+            pipe.delete(
+                *(f"{key}{part}" for part in ("", ":done", ":settled", ":attempts", ":measured", ":measure-settled"))
+            )
             pipe.zrem(self._tenant(record.tenant, "cohorts"), record.id)
             pipe.srem(self._tenant(record.tenant, "active"), record.id)
             pipe.execute()
@@ -309,17 +328,19 @@ def operational_counts(client: redis.Redis) -> dict[str, dict[str, int]]:
         pipe.hgetall(SUBJECT_OUTCOMES_KEY)
         pipe.llen(QUEUE_KEYS["queued"])
         pipe.hlen(QUEUE_KEYS["unacked"])
-        cohorts, subjects, queued, unacked = pipe.execute()
+        pipe.llen(QUEUE_KEYS["measure_queued"])
+        cohorts, subjects, queued, unacked, measure_queued = pipe.execute()
     return {
         "cohorts": {status.value: max(0, int(cohorts.get(status.value.encode(), 0))) for status in Status},
         "subjects": {outcome: int(subjects.get(outcome.encode(), 0)) for outcome in ("stored", "failed")},
-        "tasks": {"queued": int(queued), "unacked": int(unacked)},
+        "tasks": {"queued": int(queued), "unacked": int(unacked), "measure_queued": int(measure_queued)},
     }
 
 
-def live_workers(client: redis.Redis, within_s: float) -> int:
-    """How many workers beat (``worker.liveness``) in the last ``within_s`` seconds."""
-    return int(client.zcount(WORKERS_KEY, time.time() - within_s, "+inf"))
+def live_workers(client: redis.Redis, within_s: float, key: str = WORKERS_KEY) -> int:
+    """How many workers (measuring workers with ``key=MEASURE_WORKERS_KEY``) beat (``worker.liveness``) in the
+    last ``within_s`` seconds."""
+    return int(client.zcount(key, time.time() - within_s, "+inf"))
 
 
 def write_final_state(store: ObjectStore, record: CohortRecord) -> None:
@@ -359,6 +380,10 @@ def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_i
     for participant in done:
         state.mark_done(cohort_id, participant)
         state.settle(cohort_id, participant)
+    if stored.request.get("qc") == "samseg":
+        for participant in measured_subjects(store, stored, done):
+            state.mark_measured(cohort_id, participant)
+            state.settle_measure(cohort_id, participant)
     return record
 
 
@@ -373,6 +398,18 @@ def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
     """Participant ids of ``stored`` whose files are complete in object storage."""
     prefix = bids_prefix(stored.tenant, stored.id)
     return stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in stored.subjects))
+
+
+def measured_subjects(store: ObjectStore, stored: StoredCohort, done: Iterable[str]) -> set[str]:
+    """Those of the stored subjects ``done`` whose sidecar records a SAMSEG measurement (written last by a
+    measuring worker, so its presence means measured)."""
+    prefix = bids_prefix(stored.tenant, stored.id)
+    measured = set()
+    for participant in done:
+        raw = store.get_bytes_if_present(prefix + sidecar_path(participant))
+        if raw is not None and (json.loads(raw).get("Measured") or {}).get("measure") == "samseg":
+            measured.add(participant)
+    return measured
 
 
 def register_cohort(

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.contract import GENERATE_SUBJECTS, SubjectBatch, SubjectJob
+from jobs.contract import GENERATE_SUBJECTS, MEASURE_SUBJECT, MeasureJob, SubjectBatch, SubjectJob
 from jobs.queue import create_app as create_celery
 from jobs.state import (
     FINAL,
@@ -36,6 +36,7 @@ from jobs.state import (
     cohort_json_key,
     connect,
     link_secret,
+    measured_subjects,
     preview_key,
     recover_cohort,
     register_cohort,
@@ -175,15 +176,15 @@ class CohortService:
         completed["qc_tolerance"] = request.qc_tolerance if request.qc_tolerance is not None else DEFAULT_QC_TOLERANCE
         return completed, specs, entry
 
-    @staticmethod
-    def _measure(request: CohortRequest, entry: ModelEntry) -> str:
+    def _measure(self, request: CohortRequest, entry: ModelEntry) -> str:
         """The cohort's measure: as asked, or the model's volume probe where it has one, else none."""
         if request.qc is None:
             return "probe" if entry.has_volume_probe else "none"
-        if request.qc == "samseg":
+        if request.qc == "samseg" and not self.settings.measure_samseg:
             raise InvalidField(
                 ["body", "qc"],
-                "samseg is not available on this server: no SAMSEG measuring workers run here yet; use probe "
+                "samseg is not available on this server: it runs no SAMSEG measuring workers (start them with "
+                "`brainsynth up --measure-workers N`, or set BRAINSYNTH_MEASURE_SAMSEG where they run); use probe "
                 "(where the model has a volume probe) or none",
             )
         if request.qc == "probe" and not entry.has_volume_probe:
@@ -332,8 +333,14 @@ class CohortService:
             record = recover_cohort(self.state, self.store, tenant, cohort_id)
             if record is not None and record.status not in FINAL:
                 stored = self.stored(record)
-                self.enqueue(stored, done=stored_subjects(self.store, stored))
-                log.warning("cohort %s was rebuilt from object storage and its missing subjects queued", cohort_id)
+                done = stored_subjects(self.store, stored)
+                self.enqueue(stored, done=done)
+                if stored.request.get("qc") == "samseg":  # stored subjects whose measuring was lost with Redis
+                    unmeasured = done - measured_subjects(self.store, stored, done)
+                    for job in stored.subjects:
+                        if job.participant_id in unmeasured:
+                            self.celery.send_task(MEASURE_SUBJECT, args=[MeasureJob.of(job).model_dump()])
+                log.warning("cohort %s was rebuilt from object storage and its missing work queued", cohort_id)
         if record is None or record.tenant != tenant:
             raise CohortNotFound(cohort_id)
         return record
@@ -347,12 +354,13 @@ class CohortService:
 
     def status(self, record: CohortRecord) -> CohortStatus:
         """The cohort's status body (progress, times, the completed request, links)."""
-        done, _ = self.state.progress(record.id)
+        done, _, measured = self.state.progress(record.id)
+        measured = {"probe": done, "samseg": measured}.get(str(record.request.get("qc")), 0)
         base = f"/v1/cohorts/{record.id}"
         return CohortStatus(
             id=record.id,
             status=record.status.value,
-            progress=Progress(done=done, total=record.total),
+            progress=Progress(done=done, total=record.total, measured=measured),
             created_at=iso_time(record.created_at),
             updated_at=iso_time(record.updated_at),
             request=record.request,

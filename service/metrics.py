@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.state import live_workers, operational_counts
+from jobs.state import MEASURE_WORKERS_KEY, live_workers, operational_counts
 
 log = logging.getLogger("brainsynth.access")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,6 +38,7 @@ class JobStoreCollector(Collector):
         try:
             counts = operational_counts(self.client)
             workers = live_workers(self.client, WORKER_ALIVE_S)
+            measuring = live_workers(self.client, WORKER_ALIVE_S, MEASURE_WORKERS_KEY)
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
@@ -52,12 +53,19 @@ class JobStoreCollector(Collector):
         for outcome, n in counts["subjects"].items():
             subjects.add_metric([outcome], n)
         yield subjects
-        tasks = GaugeMetricFamily("brainsynth_queue_tasks", "Subject-batch tasks by queue state", labels=["state"])
+        tasks = GaugeMetricFamily(
+            "brainsynth_queue_tasks", "Tasks by queue state (measure_queued: the SAMSEG queue)", labels=["state"]
+        )
         for state, n in counts["tasks"].items():
             tasks.add_metric([state], n)
         yield tasks
         alive = GaugeMetricFamily("brainsynth_workers_alive", f"Workers that beat in the last {WORKER_ALIVE_S:.0f} s")
         alive.add_metric([], workers)
+        yield alive
+        alive = GaugeMetricFamily(
+            "brainsynth_measure_workers_alive", f"Measuring workers that beat in the last {WORKER_ALIVE_S:.0f} s"
+        )
+        alive.add_metric([], measuring)
         yield alive
 
 

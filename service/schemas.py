@@ -149,7 +149,8 @@ class CohortRequest(BaseModel):
     qc: QcMeasure | None = Field(
         None,
         description="measure each subject's volumes back: probe (the model's volume probe, seconds; the default "
-        "where the model has one, else none), samseg (FreeSurfer's SAMSEG; not available yet: 422), none",
+        "where the model has one, else none), samseg (FreeSurfer's SAMSEG, by the measuring workers, minutes a "
+        "subject; 422 where the server runs none), none",
     )
     qc_tolerance: float | None = Field(
         None, gt=0, le=1, description="relative difference per volume that still passes QC (default 0.25)"
@@ -188,8 +189,11 @@ class CohortRequest(BaseModel):
 
 
 class Progress(BaseModel):
-    done: int
+    done: int = Field(description="subjects whose images are stored")
     total: int
+    measured: int = Field(
+        0, description="subjects measured back (qc probe: as they are stored; qc samseg: by the measuring workers)"
+    )
 
 
 class CohortStatus(BaseModel):

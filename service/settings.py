@@ -53,6 +53,9 @@ class ServiceSettings(JobSettings):
     request_storage_retry_s: float = Field(5.0, ge=0.5)
     #: Origins whose browser pages may call the API (``BRAINSYNTH_CORS_ORIGINS``, JSON list); none by default.
     cors_origins: list[str] = Field(default_factory=list)
+    #: The deployment runs SAMSEG measuring workers on the ``measure`` queue (``brainsynth up --measure-workers
+    #: N``, compose's ``measure-worker``, the k8s measuring Deployment): cohorts may ask for ``qc: samseg``.
+    measure_samseg: bool = False
     #: When set, ``GET /metrics`` wants ``Authorization: Bearer <token>`` (its labels are tenant-free either way).
     metrics_token: SecretStr | None = None
 

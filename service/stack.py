@@ -1,7 +1,8 @@
 """The whole stack as local processes (``brainsynth up``, the demo and the end-to-end tests).
 
 Redis (AOF, password) and SeaweedFS from :mod:`service.localstack`, N Celery workers (``--pool=solo``, one
-process each, as on GPUs) and the API under uvicorn. Data lives in one directory, so a restarted stack finds
+process each, as on GPUs), M measuring workers (SAMSEG, on the ``measure`` queue, in their own environment:
+:data:`MEASURE_VENV`) and the API under uvicorn. Data lives in one directory, so a restarted stack finds
 its cohorts again. Any child that dies, Redis and SeaweedFS included, is restarted with its data by
 :meth:`LocalStack.supervise_once`; the API and workers ride through the gap with their retries.
 """
@@ -20,9 +21,25 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.contract import MEASURE_QUEUE
 from service.localstack import RedisServer, S3Server, ServerError, start_redis, start_s3
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The measuring workers' environment (SAMSEG pins numpy < 2, so it is not the torch workers'): made by
+#: ``make install``; ``BRAINSYNTH_MEASURE_PYTHON`` names another interpreter.
+MEASURE_VENV = REPO_ROOT / ".venv-measure"
+
+
+def measure_python() -> Path:
+    """The measuring environment's Python; raises :class:`ServerError` saying how to make it when missing."""
+    configured = os.environ.get("BRAINSYNTH_MEASURE_PYTHON")
+    python = Path(configured) if configured else MEASURE_VENV / "bin" / "python"
+    if not python.is_file():
+        raise ServerError(
+            f"no measuring environment at {python}: run `make install` (it builds .venv-measure with SAMSEG), "
+            "or set BRAINSYNTH_MEASURE_PYTHON to a Python that has `pip install brainsynth[measure]`"
+        )
+    return python
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -55,10 +72,20 @@ def worker_command(index: int) -> list[str]:
             f"--hostname=worker{index}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO"]  # fmt: skip
 
 
-def start_worker_process(index: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Worker ``index`` with ``env``, appending its output to ``log``."""
+def measure_worker_command(index: int, python: Path) -> list[str]:
+    """How every local measuring worker runs: one Celery process (solo pool: one SAMSEG run at a time) serving
+    the ``measure`` queue alone, with the measuring environment's ``python``."""
+    return [str(python), "-m", "celery", "-A", "worker.measure_app", "worker", "--pool=solo", "-Q", MEASURE_QUEUE,
+            f"--hostname=measure{index}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO"]  # fmt: skip
+
+
+def start_worker_process(
+    index: int, env: dict[str, str], log: Path, command: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Worker ``index`` with ``env`` (``command``: a generating worker's by default), its output appended to ``log``."""
     with open(log, "ab") as sink:
-        return subprocess.Popen(worker_command(index), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        return subprocess.Popen(command or worker_command(index), env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT)  # fmt: skip
 
 
 @dataclass
@@ -70,11 +97,14 @@ class LocalStack:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    #: SAMSEG measuring workers (``qc: samseg`` cohorts are refused without one).
+    measure_workers: int = 0
     #: Extra ``BRAINSYNTH_*`` settings for workers and the API (e.g. a short visibility timeout in tests).
     settings: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
     s3: S3Server | None = None
     worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    measure_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     api_process: subprocess.Popen[bytes] | None = None
     #: GPUs the workers are spread over, one each (:func:`visible_gpus` by default).
     gpus: list[str] = field(default_factory=visible_gpus)
@@ -111,6 +141,7 @@ class LocalStack:
             "BRAINSYNTH_S3_SECRET_KEY": self.s3.secret_key,
             "BRAINSYNTH_API_KEYS": json.dumps(self.api_keys),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            **({"BRAINSYNTH_MEASURE_SAMSEG": "true"} if self.measure_workers else {}),
             **self.settings,
         }
 
@@ -146,6 +177,23 @@ class LocalStack:
             self.worker_processes.append(process)
         return process
 
+    def measure_worker_env(self) -> dict[str, str]:
+        """A measuring worker's environment: SAMSEG's threads share the cores with the other measuring workers."""
+        env = self.env()
+        if "BRAINSYNTH_SAMSEG_THREADS" not in env:
+            env["BRAINSYNTH_SAMSEG_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.measure_workers))
+        env.pop("BRAINSYNTH_METRICS_PORT", None)  # the generating workers' ports
+        return env
+
+    def start_measure_worker(self, index: int) -> subprocess.Popen[bytes]:
+        command = measure_worker_command(index, measure_python())
+        process = start_worker_process(index, self.measure_worker_env(), self.logs / f"measure-{index}.log", command)
+        if index < len(self.measure_processes):
+            self.measure_processes[index] = process
+        else:
+            self.measure_processes.append(process)
+        return process
+
     def start_api(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--host", self.host,
                    "--port", str(self.port), "--log-level", "warning",
@@ -178,9 +226,13 @@ class LocalStack:
 
     def start(self) -> None:
         """Everything, in dependency order; returns once the API reports ready."""
+        if self.measure_workers:
+            measure_python()  # say how to make the measuring environment before starting anything
         self.start_servers()
         for index in range(self.workers):
             self.start_worker(index)
+        for index in range(self.measure_workers):
+            self.start_measure_worker(index)
         self.start_api()
         self.wait_until_ready()
 
@@ -197,6 +249,10 @@ class LocalStack:
             if process.poll() is not None:
                 self.start_worker(index)
                 restarted.append(f"worker {index} (exit code {process.returncode})")
+        for index, process in enumerate(self.measure_processes):
+            if process.poll() is not None:
+                self.start_measure_worker(index)
+                restarted.append(f"measuring worker {index} (exit code {process.returncode})")
         if self.api_process is not None and self.api_process.poll() is not None:
             code = self.api_process.returncode
             self.start_api()
@@ -207,7 +263,7 @@ class LocalStack:
         """API, workers (they requeue unfinished tasks), then the servers."""
         if self.api_process is not None:
             stop_process(self.api_process)
-        for process in self.worker_processes:
+        for process in [*self.worker_processes, *self.measure_processes]:
             # a task still running is killed after 10 s: it is not acknowledged, so it runs again on restart
             stop_process(process, timeout=10)
         for server in (self.s3, self.redis):

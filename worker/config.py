@@ -1,8 +1,11 @@
 """Worker settings, read once from ``BRAINSYNTH_*`` environment variables (pydantic-settings): the shared
-broker and storage settings (:class:`jobs.settings.JobSettings`) plus how this worker runs."""
+broker and storage settings (:class:`jobs.settings.JobSettings`) plus how this worker runs. Torch-free: the
+measuring workers (SAMSEG's environment) read theirs here too."""
 
 from __future__ import annotations
 
+import shutil
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,17 +15,9 @@ from jobs.settings import JobSettings
 from models.inference.execution import Execution, Precision
 
 
-class WorkerSettings(JobSettings):
-    """The shared settings plus the execution limits of a GPU (or CPU) worker."""
+class ProcessSettings(JobSettings):
+    """What every worker process reads, generating or measuring: heartbeat, storage retries, poison limit, metrics."""
 
-    device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
-    precision: Precision | None = Field(None, description="autocast UNet and decoder; default float32")
-    channels_last: bool = Field(False, description="channels-last (NDHWC) tensors for the UNet and decoder")
-    compile: bool = Field(False, description="torch.compile the UNet and decoder (compiles per batch size)")
-    decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
-    decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
-    #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
-    writer_threads: int = Field(2, ge=1, le=32)
     #: How often the heartbeat renews the running task's visibility (a third of the timeout at most).
     heartbeat_s: float = Field(1.0, gt=0, le=10)
     #: Touched on every heartbeat, for a container healthcheck (``python -m worker.liveness FILE``).
@@ -37,13 +32,30 @@ class WorkerSettings(JobSettings):
     metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
-    def _valid_execution(self) -> WorkerSettings:
-        self.execution()
+    def _beats_within_the_timeout(self) -> ProcessSettings:
         if self.heartbeat_s * 3 > self.visibility_timeout_s:
             raise ValueError(
                 f"heartbeat_s ({self.heartbeat_s}) must be at most a third of visibility_timeout_s "
                 f"({self.visibility_timeout_s}): a live worker's task would be delivered again"
             )
+        return self
+
+
+class WorkerSettings(ProcessSettings):
+    """The shared settings plus the execution limits of a GPU (or CPU) worker."""
+
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; default: cuda if available")
+    precision: Precision | None = Field(None, description="autocast UNet and decoder; default float32")
+    channels_last: bool = Field(False, description="channels-last (NDHWC) tensors for the UNet and decoder")
+    compile: bool = Field(False, description="torch.compile the UNet and decoder (compiles per batch size)")
+    decode_slab: int | None = Field(None, ge=1, description="decode slab by slab, N rows each; default whole volume")
+    decode_offload: bool = Field(False, description="with decode_slab: keep full-size decoder tensors in host memory")
+    #: Subjects encoded and uploaded at once while sampling goes on (gzip of a full-size subject: ~0.7 s a core).
+    writer_threads: int = Field(2, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _valid_execution(self) -> WorkerSettings:
+        self.execution()
         return self
 
     def execution(self) -> Execution:
@@ -52,6 +64,31 @@ class WorkerSettings(JobSettings):
         return Execution(self.precision, self.channels_last, self.compile, self.decode_slab, self.decode_offload)
 
 
+class MeasureSettings(ProcessSettings):
+    """A measuring worker's settings: the shared ones plus how it runs SAMSEG."""
+
+    #: Threads of one SAMSEG run (``--threads``); one run at a time per worker process.
+    samseg_threads: int = Field(2, ge=1, le=64)
+    #: ``run_samseg``: beside this Python (the measuring environment's), else on PATH, unless set.
+    samseg_executable: str | None = None
+
+    def samseg_command(self) -> str:
+        """The ``run_samseg`` to run; raises ValueError naming how to install it when there is none."""
+        if self.samseg_executable:
+            return self.samseg_executable
+        beside = Path(sys.executable).parent / "run_samseg"
+        found = str(beside) if beside.is_file() else shutil.which("run_samseg")
+        if found is None:
+            raise ValueError("run_samseg not found: install the measuring environment (`make install`) or set "
+                             "BRAINSYNTH_SAMSEG_EXECUTABLE")  # fmt: skip
+        return found
+
+
 @lru_cache
 def get_settings() -> WorkerSettings:
     return WorkerSettings()  # type: ignore[call-arg]  # required fields come from the environment
+
+
+@lru_cache
+def get_measure_settings() -> MeasureSettings:
+    return MeasureSettings()  # type: ignore[call-arg]

@@ -49,9 +49,18 @@ class RunningTask:
 class Heartbeat:
     """The worker's beat thread (one per worker process; see the module docstring)."""
 
-    def __init__(self, broker_url: str, worker_name: str, interval: float = 1.0, beat_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        worker_name: str,
+        interval: float = 1.0,
+        beat_file: Path | None = None,
+        workers_key: str = WORKERS_KEY,
+    ) -> None:
         self.redis = redis.Redis.from_url(broker_url, socket_connect_timeout=1, socket_timeout=1)
         self.worker_name = worker_name
+        #: the live set it beats into (measuring workers have their own: they are not generation workers)
+        self.workers_key = workers_key
         self.interval = interval
         #: touched on every beat, for a container healthcheck (``python -m worker.liveness FILE``)
         self.beat_file = beat_file
@@ -69,7 +78,7 @@ class Heartbeat:
         self._halt.set()
         self._thread.join(5)
         with contextlib.suppress(redis.RedisError):
-            self.redis.zrem(WORKERS_KEY, self.worker_name)
+            self.redis.zrem(self.workers_key, self.worker_name)
 
     def begin(self, cohort_id: str, delivery_tag: str | None) -> threading.Event:
         """Watch a task from now; returns the event set when its cohort must stop."""
@@ -92,8 +101,8 @@ class Heartbeat:
             self.beat_file.touch()
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(WORKERS_KEY, {self.worker_name: now})
-                pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 24 * 3600)
+                pipe.zadd(self.workers_key, {self.worker_name: now})
+                pipe.zremrangebyscore(self.workers_key, "-inf", now - 24 * 3600)
                 if task is not None:
                     if task.delivery_tag:
                         pipe.zadd(UNACKED_INDEX, {task.delivery_tag: now}, xx=True)

@@ -34,6 +34,10 @@ REDELIVERIES = Counter(
     "brainsynth_worker_redeliveries_total", "Subject batches delivered again (their worker died or was stopped)"
 )
 FAILURES = Counter("brainsynth_worker_failures_total", "Failed subject batches by cause", ["kind"])
+MEASURE_SECONDS = Histogram(
+    "brainsynth_worker_measure_seconds", "One SAMSEG run on a stored subject (measuring workers)",
+    buckets=(*SECONDS_BUCKETS, 1200, 1800),
+)  # fmt: skip
 GPU_MEMORY_PEAK = Gauge(
     "brainsynth_worker_gpu_memory_peak_bytes", "Peak CUDA memory allocated by this process", ["device"]
 )

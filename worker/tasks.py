@@ -2,31 +2,19 @@
 
 A task takes a small batch of one cohort's subjects and settles each of them in the cohort's state
 (stored, not run, or failed); the task that settles the last subject queues the cohort's finalisation,
-which writes the manifest last.
+which writes the manifest last (in a SAMSEG cohort the measuring workers settle last: :mod:`worker.settling`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from functools import lru_cache
 from typing import Any
 
-from celery import Task, signals
+from celery import Task
 
 from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
-from jobs.state import (
-    FINAL,
-    CohortRecord,
-    CohortState,
-    Status,
-    connect,
-    count_subjects,
-    recover_cohort,
-    write_final_state,
-)
-from jobs.storage import ObjectStore, StorageError, cohort_prefix
+from jobs.state import FINAL, WORKERS_KEY, CohortRecord, Status, count_subjects, recover_cohort, write_final_state
+from jobs.storage import StorageError, cohort_prefix
 from models.catalogue.config import read_model_config
 from models.catalogue.registry import resolve_model_dir
 from models.errors import BrainSynthError
@@ -34,86 +22,29 @@ from worker import metrics
 from worker.celery_app import app
 from worker.config import get_settings
 from worker.gpu import pipeline_for, probe_for
-from worker.liveness import Heartbeat
+from worker.process import WorkerProcess, delivery_tag
 from worker.runner import finalize_cohort, generate_subjects
+from worker.settling import fail_cohort, settle_generated
 
 log = logging.getLogger(__name__)
+
+#: This generating worker process's store, state and heartbeat (in the generation workers' live set).
+process = WorkerProcess(get_settings(), WORKERS_KEY)
 
 
 class PoisonTaskError(RuntimeError):
     """A subject was delivered more often than allowed (it keeps killing its worker)."""
 
 
-@lru_cache
-def object_store() -> ObjectStore:
-    settings = get_settings()
-    store = settings.object_store(settings.storage_retry_s)
-    store.ensure_bucket()
-    return store
-
-
-@lru_cache
-def heartbeat() -> Heartbeat:
-    """This worker process's heartbeat thread, started on first use (at worker start-up)."""
-    settings = get_settings()
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    beat = Heartbeat(settings.broker_url, name, settings.heartbeat_s, settings.heartbeat_file)
-    beat.start()
-    return beat
-
-
-@signals.worker_ready.connect
-def _start_heartbeat(**_: object) -> None:
-    heartbeat()
-    settings = get_settings()
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-
-
-@signals.worker_shutdown.connect
-def _stop_heartbeat(**_: object) -> None:
-    if heartbeat.cache_info().currsize:
-        heartbeat().close()
-
-
-@lru_cache
-def cohort_state() -> CohortState:
-    return CohortState(connect(get_settings().broker_url))
-
-
-def _delivery_tag(task: Task) -> str | None:
-    """The broker's tag of the message being run (kombu's Redis transport keys its unacked index by it)."""
-    properties = getattr(task.request, "properties", None) or {}
-    tag = properties.get("delivery_tag")
-    return str(tag) if tag else None
-
-
-def _settle(record: CohortRecord, participants: list[str]) -> None:
-    """Count ``participants`` as settled; the task that settles the last subject queues finalisation."""
-    settled = 0
-    for participant in participants:
-        settled = cohort_state().settle(record.id, participant)
-    if settled >= record.total:
-        finalize = FinalizeJob(tenant=record.tenant, cohort_id=record.id, model=record.model)
-        app.send_task(FINALIZE_COHORT, args=[finalize.model_dump()])
-
-
 def _fail(record: CohortRecord, participants: list[str], reason: str, kind: str) -> None:
-    state = cohort_state()
     metrics.FAILURES.labels(kind=kind).inc()
-    count_subjects(state.redis, "failed", len(participants))
+    count_subjects(process.state.redis, "failed", len(participants))
     log.warning(
         "subjects failed: %s", reason, extra={"cohort_id": record.id, "tenant": record.tenant,
                                               "subject_id": ",".join(participants), "failure": kind},
     )  # fmt: skip
-    error = f"{', '.join(participants)}: {reason}"
-    if state.transition(record, Status.FAILED, allowed_from={Status.QUEUED, Status.RUNNING}, error=error):
-        try:
-            write_final_state(object_store(), state.get(record.id) or record)
-        except StorageError as err:  # Redis holds the outcome; the durable copy waits for storage
-            log.warning("cohort %s failed, but its state.json could not be written: %s", record.id, err)
-    _settle(record, participants)
+    fail_cohort(process.state, process.store, record, f"{', '.join(participants)}: {reason}")
+    settle_generated(app, process.state, record, participants)
 
 
 @app.task(name=GENERATE_SUBJECTS, bind=True)
@@ -122,14 +53,14 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     batch = SubjectBatch.model_validate(payload)
     first = batch.subjects[0]
     participants = [job.participant_id for job in batch.subjects]
-    state, store = cohort_state(), object_store()
+    state, store = process.state, process.store
     record = state.get(first.cohort_id) or recover_cohort(state, store, first.tenant, first.cohort_id)
     not_run = [SubjectResult(participant_id=p, image_key="", outcome="not_run").model_dump() for p in participants]
     if record is None or record.tenant != first.tenant:
         log.info("cohort %s no longer exists: %s not run", first.cohort_id, ", ".join(participants))
         return not_run
     if record.status in FINAL:  # canceled, or failed by another subject: queued subjects are not run
-        _settle(record, participants)
+        settle_generated(app, state, record, participants)
         return not_run
     attempts = state.count_attempt(first.cohort_id, first.participant_id)
     limit = get_settings().max_attempts
@@ -140,8 +71,8 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     if attempts > 1:
         metrics.REDELIVERIES.inc()
     state.transition(record, Status.RUNNING, allowed_from={Status.QUEUED})
-    beat = heartbeat()
-    stop = beat.begin(first.cohort_id, _delivery_tag(self))
+    beat = process.heartbeat
+    stop = beat.begin(first.cohort_id, delivery_tag(self))
     try:
         results = generate_subjects(
             batch, store, pipeline_for, get_settings().writer_threads, stop.is_set, measure_for=probe_for
@@ -161,7 +92,8 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     if state.get(record.id) is None:  # deleted while this task ran: remove what it wrote after the delete
         store.delete_prefix(cohort_prefix(first.tenant, first.cohort_id))
         return [result.model_dump() for result in results]
-    _settle(record, participants)
+    stored = {r.participant_id for r in results if r.outcome != "not_run"}
+    settle_generated(app, state, record, participants, [job for job in batch.subjects if job.participant_id in stored])
     return [result.model_dump() for result in results]
 
 
@@ -170,7 +102,7 @@ def finalize_cohort_task(payload: dict[str, Any]) -> list[str]:
     """Write participants.tsv and the other dataset files, then the manifest; mark the cohort succeeded
     when every subject is stored. Idempotent: it may run more than once."""
     job = FinalizeJob.model_validate(payload)
-    state, store = cohort_state(), object_store()
+    state, store = process.state, process.store
     record = state.get(job.cohort_id) or recover_cohort(state, store, job.tenant, job.cohort_id)
     if record is None:
         return []

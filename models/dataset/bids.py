@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,9 @@ def participants_json(config: ModelConfig) -> dict[str, Any]:
             "Levels": {
                 "probe": "the model's volume probe, a CNN regressor trained on phantoms of known volume "
                 "(volume_probe.json in the model directory records its held-out accuracy)",
+                "samseg": "FreeSurfer's SAMSEG (label maps and per-structure volumes in derivatives/samseg): "
+                "ventricles = lateral ventricles, inferior horns, 3rd and 4th ventricle; brain = grey + white matter "
+                "times the MNI152 head's intracranial volume over SAMSEG's estimate of the subject's",
                 "n/a": "not measured",
             },
         },
@@ -393,6 +396,12 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
         participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"]),
         measurement,
     )  # type: ignore[arg-type]  # fmt: skip
+
+
+def measured_sidecar(participant: str, sidecar: dict[str, Any], measurement: Measurement) -> dict[str, Any]:
+    """A stored T1w sidecar with ``measurement`` and its QC flag (a measuring worker's SAMSEG volumes)."""
+    record = replace(record_from_sidecar(participant, sidecar), measurement=measurement)
+    return {**sidecar, **_measured(record)}
 
 
 def dumps(document: dict[str, Any]) -> str:

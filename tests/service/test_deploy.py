@@ -143,7 +143,8 @@ def test_the_build_context_leaves_out_venvs_data_and_outputs() -> None:
 @pytest.mark.skipif(shutil.which("hadolint", path=str(Path(sys.executable).parent)) is None, reason="no hadolint")
 def test_dockerfiles_pass_hadolint() -> None:
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    result = subprocess.run([str(hadolint), "docker/api.Dockerfile", "docker/worker.Dockerfile"], cwd=REPO,
+    result = subprocess.run([str(hadolint), "docker/api.Dockerfile", "docker/worker.Dockerfile",
+                             "docker/measure.Dockerfile"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -180,7 +181,7 @@ def test_kubernetes_workloads_probe_the_reliability_endpoints_and_take_one_gpu_e
     spec = worker["spec"]["template"]["spec"]["containers"][0]
     assert spec["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["livenessProbe"]["exec"]["command"] == ["python", "-m", "worker.liveness", "/tmp/brainsynth-heartbeat"]
-    (scaled,) = _k8s_documents(K8S / "keda" / "scaledobject.yaml")
+    scaled, _measure = _k8s_documents(K8S / "keda" / "scaledobject.yaml")
     from jobs.state import QUEUE_KEYS
 
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
@@ -189,6 +190,29 @@ def test_kubernetes_workloads_probe_the_reliability_endpoints_and_take_one_gpu_e
     secret_keys = set(_k8s_documents(K8S / "secret.example.yaml")[0]["stringData"])
     for variable in ("addressFromEnv", "passwordFromEnv"):
         assert scaled["spec"]["triggers"][0]["metadata"][variable] in secret_keys
+
+
+def test_measuring_workers_have_their_own_image_queue_and_scaler_without_gpus() -> None:
+    """SAMSEG runs on CPU workers of its own image (no torch, SAMSEG's numpy) on the ``measure`` queue: in
+    compose, in Kubernetes (KEDA on that list) and as the API's setting that lets cohorts ask for it."""
+    from jobs.contract import MEASURE_QUEUE
+
+    services = _compose()["services"]
+    measure = services["measure-worker"]
+    assert measure["build"]["dockerfile"] == "docker/measure.Dockerfile" and "reservations" not in measure["deploy"]
+    assert measure["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.liveness", "/tmp/brainsynth-heartbeat"]
+    assert "BRAINSYNTH_VISIBILITY_TIMEOUT_S" not in measure["environment"]  # the shipped 30 s, as the GPU workers
+    assert services["api"]["environment"]["BRAINSYNTH_MEASURE_SAMSEG"] == "true"
+    dockerfile = (REPO / "docker" / "measure.Dockerfile").read_text()
+    assert 'pip install "/src[measure]"' in dockerfile and f'-Q", "{MEASURE_QUEUE}"' in dockerfile
+    assert "samseg" in _requirements("measure") and not _requirements("measure") & {"torch", "monai"}
+    (deployment,) = _k8s_documents(K8S / "measure-worker.yaml")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "brainsynth/measure" and "nvidia.com/gpu" not in container["resources"]["limits"]
+    _generation, scaled = _k8s_documents(K8S / "keda" / "scaledobject.yaml")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert scaled["spec"]["triggers"][0]["metadata"]["listName"] == MEASURE_QUEUE
+    assert yaml.safe_load((K8S / "configmap.yaml").read_text())["data"]["BRAINSYNTH_MEASURE_SAMSEG"] == "true"
 
 
 def test_up_pins_each_worker_to_its_own_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

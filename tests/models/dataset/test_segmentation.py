@@ -3,16 +3,31 @@ subject at 4 mm; `run_samseg --threads 2`, 3 min 45 s here)."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import sys
+import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
+from models.cohort.nifti import nifti_gz_bytes
 from models.dataset.segmentation import (
     BRAIN_LABELS,
     VENTRICLE_LABELS,
+    SamsegStopped,
     SegmentationError,
+    dseg_nifti,
+    dseg_path,
+    dseg_tsv,
+    read_lookup_table,
     read_samseg_stats,
+    run_samseg,
+    samseg_dataset_files,
     segmented_volumes,
+    volumes_path,
 )
 
 STATS = Path(__file__).parent / "data" / "samseg-demo-4mm.stats"
@@ -40,3 +55,94 @@ def test_a_foreign_or_broken_stats_file_is_refused_naming_what_is_wrong() -> Non
         segmented_volumes(volumes)
     with pytest.raises(SegmentationError, match="line 2 is not"):
         read_samseg_stats("# Measure Intra-Cranial, 1.0, mm^3\nLeft-Lateral-Ventricle 12\n")
+
+
+# -- the derivative dataset and the SAMSEG runner ---------------------------------------------------------
+LOOKUP = """0 0 Unknown                       0  0  0  0
+4 33 Left-Lateral-Ventricle        120   18  134  255
+2 14 Left-Cerebral-White-Matter    245  245  245  255
+"""
+
+
+def test_labels_come_from_samseg_s_lookup_table_sorted_by_index() -> None:
+    labels = read_lookup_table(LOOKUP)
+    assert [(label.index, label.name, label.color) for label in labels] == [
+        (0, "Unknown", "#000000"),
+        (2, "Left-Cerebral-White-Matter", "#f5f5f5"),
+        (4, "Left-Lateral-Ventricle", "#781286"),
+    ]
+    assert dseg_tsv(labels).splitlines() == ["index\tname\tcolor", "0\tUnknown\t#000000",
+        "2\tLeft-Cerebral-White-Matter\t#f5f5f5", "4\tLeft-Lateral-Ventricle\t#781286"]  # fmt: skip
+    with pytest.raises(SegmentationError, match="line 1"):
+        read_lookup_table("four 1 Name 1 2 3 4\n")
+
+
+def test_derivative_paths_sit_in_their_own_dataset_and_refuse_non_labels() -> None:
+    assert dseg_path("sub-000001") == "derivatives/samseg/sub-000001/anat/sub-000001_dseg.nii.gz"
+    assert volumes_path("sub-000001") == "derivatives/samseg/sub-000001/anat/sub-000001_desc-samseg_volumes.tsv"
+    with pytest.raises(ValueError, match="not a BIDS label"):
+        dseg_path("../sub-1")
+    files = samseg_dataset_files("0.4a0", read_lookup_table(LOOKUP))
+    description = json.loads(files["derivatives/samseg/dataset_description.json"])
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Version"] == "0.4a0"
+
+
+def _image(shape: tuple[int, int, int] = (6, 7, 5)) -> nib.Nifti1Image:
+    affine = np.array([[-4.0, 0, 0, 78], [0, 4, 0, -132.02], [0, 0, 4, -68.47], [0, 0, 0, 1]])
+    image = nib.Nifti1Image(np.random.default_rng(0).random(shape, dtype=np.float32), affine)
+    image.set_sform(affine, code=2)
+    image.set_qform(affine, code=2)
+    return image
+
+
+def test_the_label_map_gets_the_image_s_grid_and_exact_affine() -> None:
+    image = _image()
+    labels = np.zeros(image.shape, dtype=np.int32)
+    labels[2:4, 2:5, 1:3] = 4
+    segmentation = nib.MGHImage(labels, image.affine + 1e-5)  # SAMSEG writes MGH with float rounding
+    dseg = nib.Nifti1Image.from_bytes(gzip.decompress(dseg_nifti(segmentation, image)))
+    assert np.array_equal(dseg.affine, image.affine) and dseg.get_data_dtype() == np.int16
+    assert np.array_equal(np.asarray(dseg.dataobj), labels) and dseg.header.get_intent()[0] == "label"
+    with pytest.raises(SegmentationError, match="grid"):
+        dseg_nifti(nib.MGHImage(np.zeros((6, 7, 4), np.int32), image.affine), image)
+    with pytest.raises(SegmentationError, match="affine"):
+        dseg_nifti(nib.MGHImage(labels, image.affine * 2), image)
+
+
+STAND_IN = """import sys, time, pathlib, nibabel as nib, numpy as np
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+mode = {mode!r}
+if mode == "fail":
+    print("cannot read the image"); sys.exit(3)
+if mode == "slow":
+    time.sleep(60)
+image = nib.load(args["-i"])
+out = pathlib.Path(args["-o"]); out.mkdir()
+nib.save(nib.MGHImage(np.full(image.shape, 4, np.int32), image.affine), out / "seg.mgz")
+(out / "samseg.stats").write_text(pathlib.Path({stats!r}).read_text())
+"""
+
+
+def _stand_in(tmp_path: Path, mode: str) -> str:
+    """A stand-in ``run_samseg`` (a unit test; the real one runs in tests/service/test_measuring.py)."""
+    script = tmp_path / f"run_samseg_{mode}"
+    script.write_text(f"#!{sys.executable}\n" + STAND_IN.format(mode=mode, stats=str(STATS)))
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_run_samseg_reads_its_outputs_and_names_its_failures(tmp_path: Path) -> None:
+    image = nifti_gz_bytes(_image())
+    result = run_samseg(image, _stand_in(tmp_path, "ok"), threads=1)
+    assert result.volumes == read_samseg_stats(STATS.read_text())
+    assert result.measured().measurement(0.1).measure == "samseg"
+    assert set(np.unique(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(result.dseg)).dataobj))) == {4}
+    with pytest.raises(SegmentationError, match="exited with code 3: cannot read the image"):
+        run_samseg(image, _stand_in(tmp_path, "fail"))
+
+
+def test_a_stop_kills_samseg_within_its_poll(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(SamsegStopped):
+        run_samseg(nifti_gz_bytes(_image()), _stand_in(tmp_path, "slow"), should_stop=lambda: True, poll_s=0.2)
+    assert time.monotonic() - started < 5
