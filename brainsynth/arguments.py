@@ -54,6 +54,7 @@ FIELD_FLAGS: dict[tuple[str, ...], str] = {
     ("like",): "--like",
     ("qc",): "--qc",
     ("qc_tolerance",): "--qc-tolerance",
+    ("max_attempts",): "--max-attempts",
     ("covariates", "age"): "--age/--age-range",
     ("covariates", "ventricular_volume_mm3"): "--ventricular-volume/--ventricular-range",
     ("covariates", "brain_volume_mm3"): "--brain-volume/--brain-range",
@@ -162,11 +163,17 @@ def add_cohort_arguments(
     parser.add_argument(
         "--qc", choices=QC_MEASURES,
         help="measure each subject's volumes back: probe (the model's volume probe; default where the model has "
-        "one, else none), samseg (not available yet), none",
+        "one, else none), samseg (FreeSurfer's SAMSEG, minutes a subject: the service's measuring workers; "
+        "brainsynth up --measure-workers N), none",
     )  # fmt: skip
     parser.add_argument(
         "--qc-tolerance", type=float, metavar="FRACTION",
         help="relative difference per volume that still passes QC (default 0.25)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-attempts", type=int, metavar="N",
+        help="generate a subject measured outside --qc-tolerance again with its next attempt's seed, up to N "
+        "attempts in all, then keep it flagged (default 1; --qc probe)",
     )  # fmt: skip
 
 
@@ -275,7 +282,7 @@ def cohort_subjects(
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
-    for field in ("qc", "qc_tolerance"):
+    for field in ("qc", "qc_tolerance", "max_attempts"):
         if getattr(args, field) is not None:
             request[field] = getattr(args, field)
     if args.authors:

@@ -21,7 +21,7 @@ from models.catalogue.registry import (
     resolve_model_dir,
     user_models_dir,
 )
-from models.cohort.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, check_sampler, unprintable
+from models.cohort.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, MAX_ATTEMPTS_LIMIT, check_sampler, unprintable
 from models.dataset.bids import DEFAULT_QC_TOLERANCE, require_empty_folder
 from models.inference.execution import Execution
 
@@ -379,11 +379,18 @@ def _local_measure(args: argparse.Namespace, model_dir: Path) -> Callable[[], Vo
     has_probe = (model_dir / PROBE_JSON).is_file()
     qc = args.qc or ("probe" if has_probe else "none")
     if qc == "samseg":
-        raise UsageError("--qc samseg is not available yet (SAMSEG measuring is in progress): use --qc probe or none")
+        raise UsageError(
+            "--qc samseg runs in the service's measuring workers (`brainsynth up --measure-workers 1`, then "
+            "`brainsynth submit --qc samseg`); locally use --qc probe or none"
+        )
     if qc == "probe" and not has_probe:
         raise UsageError(f"--qc probe: {model_dir} has no volume probe ({PROBE_JSON}); use --qc none")
     if args.qc_tolerance is not None and not 0 < args.qc_tolerance <= 1:
         raise UsageError(f"--qc-tolerance must be in (0, 1], got {args.qc_tolerance}")
+    if args.max_attempts is not None and not 1 <= args.max_attempts <= MAX_ATTEMPTS_LIMIT:
+        raise UsageError(f"--max-attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {args.max_attempts}")
+    if (args.max_attempts or 1) > 1 and qc == "none":
+        raise UsageError("--max-attempts needs a measure to judge by: use --qc probe")
     if qc == "none":
         return None
 
@@ -437,6 +444,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             like_report=like_report,
             measure=measure() if measure else None,
             qc_tolerance=args.qc_tolerance or DEFAULT_QC_TOLERANCE,
+            max_attempts=args.max_attempts or 1,
             callback=progress,
         )
     print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")

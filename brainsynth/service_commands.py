@@ -125,8 +125,11 @@ def _watch(client: BrainSynthClient, cohort_id: str) -> dict[str, Any]:
     with tqdm(total=first["progress"]["total"], unit="subject", desc=cohort_id[:8], file=sys.stderr) as bar:
 
         def update(status: dict[str, Any]) -> None:
-            bar.update(status["progress"]["done"] - bar.n)
-            bar.set_postfix_str(status["status"])
+            progress = status["progress"]
+            bar.update(progress["done"] - bar.n)
+            measuring = status.get("request", {}).get("qc") == "samseg"
+            bar.set_postfix_str(status["status"] + (f", {progress['measured']}/{progress['total']} measured by "
+                                                    "SAMSEG" if measuring else ""))  # fmt: skip
 
         update(first)
         final = first if first["status"] in FINAL_STATES else client.wait(cohort_id, on_progress=update)

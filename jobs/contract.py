@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.cohort.conditioning import Covariates
-from models.cohort.design import PARTICIPANT_LABEL, OutputDType, SamplerName, SubjectSpec
+from models.cohort.design import MAX_ATTEMPTS_LIMIT, PARTICIPANT_LABEL, OutputDType, SamplerName, SubjectSpec
 from models.dataset.bids import DEFAULT_QC_TOLERANCE
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
@@ -40,11 +40,13 @@ class SubjectJob(BaseModel):
     #: ``samseg``: FreeSurfer's SAMSEG, by a measuring worker once the image is stored)
     qc: Literal["none", "probe", "samseg"] = "none"
     qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
+    #: attempts at a subject measured outside tolerance (qc probe): 1 = keep the first
+    max_attempts: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
 
     @classmethod
     def from_spec(cls, spec: SubjectSpec, **cohort: Any) -> SubjectJob:
         """The job for a designed subject; ``cohort`` holds the fields every subject of its cohort shares
-        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate, qc, qc_tolerance)."""
+        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate, qc, qc_tolerance, max_attempts)."""
         c = spec.covariates
         return cls(participant_id=spec.participant_id, sex=c.sex, age=c.age,
                    ventricular_volume_mm3=c.ventricular_volume_mm3, brain_volume_mm3=c.brain_volume_mm3,
@@ -67,7 +69,8 @@ class SubjectBatch(BaseModel):
     @model_validator(mode="after")
     def _one_cohort_one_setting(self) -> SubjectBatch:
         first = self.subjects[0]
-        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "qc", "qc_tolerance")
+        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "qc", "qc_tolerance",
+                  "max_attempts")  # fmt: skip
         for job in self.subjects[1:]:
             for name in shared:
                 if getattr(job, name) != getattr(first, name):

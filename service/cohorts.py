@@ -174,6 +174,7 @@ class CohortService:
         completed["sampler"]["steps"] = steps
         completed["qc"] = self._measure(request, entry)
         completed["qc_tolerance"] = request.qc_tolerance if request.qc_tolerance is not None else DEFAULT_QC_TOLERANCE
+        completed["max_attempts"] = self._attempts(request, completed["qc"])
         return completed, specs, entry
 
     def _measure(self, request: CohortRequest, entry: ModelEntry) -> str:
@@ -190,6 +191,20 @@ class CohortService:
         if request.qc == "probe" and not entry.has_volume_probe:
             raise InvalidField(["body", "qc"], f"model {entry.name!r} has no volume probe to measure with: use none")
         return request.qc
+
+    @staticmethod
+    def _attempts(request: CohortRequest, qc: str) -> int:
+        """Attempts per subject: regeneration needs a measure to judge by, and runs in the generating worker."""
+        attempts = request.max_attempts or 1
+        if attempts > 1 and qc == "none":
+            raise InvalidField(["body", "max_attempts"], "regenerating needs a measure: set qc to probe")
+        if attempts > 1 and qc == "samseg":
+            raise InvalidField(
+                ["body", "max_attempts"],
+                "regeneration after a SAMSEG measurement is not available: use qc probe with max_attempts, or "
+                "samseg with max_attempts 1",
+            )
+        return attempts
 
     def _like_subjects(
         self, request: CohortRequest, seed: int, count: int, entry: ModelEntry
@@ -266,7 +281,7 @@ class CohortService:
             shared = {"tenant": tenant, "cohort_id": cohort_id, "model": entry.name,
                       "sampler": completed["sampler"]["name"], "steps": completed["sampler"]["steps"],
                       "dtype": completed["dtype"], "extrapolate": completed["extrapolate"], "qc": completed["qc"],
-                      "qc_tolerance": completed["qc_tolerance"]}  # fmt: skip
+                      "qc_tolerance": completed["qc_tolerance"], "max_attempts": completed["max_attempts"]}  # fmt: skip
             stored = StoredCohort(
                 id=cohort_id,
                 tenant=tenant,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.cohort.design import (
+    MAX_ATTEMPTS_LIMIT,
     SEED_MASK,
     OutputDType,
     QcMeasure,
@@ -155,6 +156,11 @@ class CohortRequest(BaseModel):
     qc_tolerance: float | None = Field(
         None, gt=0, le=1, description="relative difference per volume that still passes QC (default 0.25)"
     )
+    max_attempts: int | None = Field(
+        None, ge=1, le=MAX_ATTEMPTS_LIMIT,
+        description="generate a subject measured outside qc_tolerance again with its next attempt's seed, up to "
+        "this many attempts in all, then keep it flagged (default 1: no regeneration; qc probe only)",
+    )  # fmt: skip
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from models.catalogue.config import ModelConfig
 from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
     MANIFEST,
+    QC_PASS,
     SamplerSettings,
     manifest,
     record_from_sidecar,
@@ -28,7 +30,14 @@ from models.dataset.bids import (
     t1w_path,
 )
 from models.dataset.previews import render_previews
-from models.dataset.writer import VolumeMeasure, dataset_level_files, measurement_of, subject_files
+from models.dataset.writer import (
+    Accepted,
+    VolumeMeasure,
+    dataset_level_files,
+    measurement_of,
+    regenerate_outside_tolerance,
+    subject_files,
+)
 from models.errors import GenerationStopped
 from models.inference.pipeline import BrainLDMPipeline, StopCheck, SubjectSample
 from worker import metrics
@@ -55,7 +64,10 @@ def generate_subjects(
     as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
 
     With ``qc: probe``, each subject's volumes are measured back by ``measure_for(model)`` before its sidecar
-    is written, so a stored subject always carries its measurement and QC flag.
+    is written, so a stored subject always carries its measurement and QC flag; with ``max_attempts`` > 1 a
+    subject measured outside tolerance is sampled again alone with the next attempt's seed once the batch is
+    done (:func:`models.dataset.writer.regenerate_outside_tolerance`), deterministically, so a redelivered
+    batch stores the same attempts.
     """
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
@@ -74,14 +86,17 @@ def generate_subjects(
             first.sampler, first.steps, 0.0, len(batch.subjects), first.dtype, pipeline.execution
         )
 
-        def store_subject(item: tuple[SubjectJob, SubjectSample]) -> None:
-            job, sample = item
+        def store_subject(item: tuple[SubjectJob, Accepted | SubjectSample]) -> None:
+            job, kept = item
             started = time.perf_counter()
             pid = job.participant_id
-            measurement = None
-            if job.qc == "probe" and measure_for is not None:
-                measurement = measurement_of(measure_for(job.model), sample.volume, "probe", job.qc_tolerance)
-            _, files = subject_files(pipeline.config, specs[pid], sample, settings, str(pipeline.device), measurement)
+            if isinstance(kept, SubjectSample):
+                kept_spec, sample, measurement, attempt, made_by = specs[pid], kept, None, 1, settings
+            else:
+                kept_spec, sample, measurement, attempt = kept.spec, kept.sample, kept.measurement, kept.attempt
+                made_by = settings if attempt == 1 else replace(settings, batch_size=1)
+            _, files = subject_files(pipeline.config, kept_spec, sample, made_by, str(pipeline.device), measurement,
+                                     attempt)  # fmt: skip
             for relative, content in files.items():  # NIfTI first, sidecar last
                 if relative == sidecar_path(pid):  # the sidecar marks the subject stored: its previews come first
                     for kind, png in render_previews(sample.volume, np.asarray(pipeline.config.affine)).items():
@@ -110,15 +125,37 @@ def generate_subjects(
         )
         for job in missing:
             results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "not_run"})
+        measure = measure_for(first.model) if first.qc == "probe" and measure_for is not None else None
+
+        def regenerated(job: SubjectJob, sample: SubjectSample) -> Accepted:
+            assert measure is not None
+            return regenerate_outside_tolerance(
+                pipeline, specs[job.participant_id], sample, measure, max_attempts=job.max_attempts,
+                sampler=job.sampler, num_inference_steps=job.steps, tolerance=job.qc_tolerance,
+                extrapolate=job.extrapolate,
+            )  # fmt: skip
+
         # Subject i is encoded and uploaded while subject i + 1 is decoded; all are written before returning.
+        retry: list[tuple[SubjectJob, SubjectSample]] = []
         with BackgroundWriter(store_subject, threads=writer_threads) as writer:
             try:
                 for job, sample in zip(batch.subjects, samples, strict=True):
-                    if job in missing:
-                        writer.submit((job, sample))
-                        results[job.participant_id] = results[job.participant_id].model_copy(
-                            update={"outcome": "stored"}
-                        )
+                    if job not in missing:
+                        continue
+                    kept: Accepted | SubjectSample = sample
+                    if measure is not None:
+                        measured = measurement_of(measure, sample.volume, "probe", job.qc_tolerance)
+                        kept = Accepted(specs[job.participant_id], sample, measured)
+                        if measured.qc(kept.spec.covariates) != QC_PASS and job.max_attempts > 1:
+                            retry.append((job, sample))  # sampled again alone once the batch is done
+                            continue
+                    writer.submit((job, kept))
+                    results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
+                for job, sample in retry:
+                    if should_stop is not None and should_stop():
+                        break
+                    writer.submit((job, regenerated(job, sample)))
+                    results[job.participant_id] = results[job.participant_id].model_copy(update={"outcome": "stored"})
             except GenerationStopped:
                 pass  # the subjects submitted so far are written when the writer closes; the rest are not run
         metrics.record_gpu_peak(str(pipeline.device))

@@ -117,6 +117,22 @@ def subject_seed(cohort_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & SEED_MASK
 
 
+#: Most attempts a subject measured outside its QC tolerance may get (``max_attempts``: 1 = no regeneration).
+MAX_ATTEMPTS_LIMIT = 5
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of a subject's ``attempt`` (1-based): its own seed first; attempt k > 1 (a regeneration after a
+    measurement outside tolerance) the first 8 bytes of ``sha256(f"brainsynth-attempt:{seed}:{k}")``,
+    big-endian, masked to 63 bits. participants.tsv records the seed that made the image and its attempt."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be 1 or more, got {attempt}")
+    if attempt == 1:
+        return int(seed)
+    digest = hashlib.sha256(f"brainsynth-attempt:{int(seed)}:{int(attempt)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & SEED_MASK
+
+
 #: The way to fewer steps than DDPM's, in the API's words (the CLI says ``--sampler``).
 FEWER_STEPS_HINT = "choose the ddim or pndm sampler for fewer steps"
 

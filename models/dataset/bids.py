@@ -48,6 +48,7 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
     "measured_brain_volume_mm3",
     "measure",
     "qc",
+    "attempt",
 )
 
 
@@ -115,6 +116,9 @@ class SubjectRecord:
     steps: int | None = None
     #: the volumes measured back on the image, if any
     measurement: Measurement | None = None
+    #: which attempt made the image (k > 1: regenerated after a measurement outside tolerance; ``seed`` is
+    #: that attempt's, :func:`models.cohort.design.attempt_seed`)
+    attempt: int = 1
 
     @property
     def qc(self) -> str:
@@ -301,6 +305,12 @@ def participants_json(config: ModelConfig) -> dict[str, Any]:
                 QC_NOT_MEASURED: "no measurement (qc none, or no measure for this model)",
             },
         },
+        "attempt": {
+            "Description": "which attempt made the image: 1, or k > 1 when the cohort asked for max_attempts and "
+            "the subject was generated again after measuring outside tolerance; seed is that attempt's seed (the "
+            "first 8 bytes of sha256('brainsynth-attempt:{first seed}:{k}'), 63 bits), so the row regenerates the "
+            "image as it is (a regenerated subject is sampled alone: batch size 1)",
+        },
     }
 
 
@@ -331,6 +341,7 @@ def participants_tsv(records: list[SubjectRecord]) -> str:
                 else (m.ventricular_volume_mm3, m.brain_volume_mm3, m.measure)
             ),
             record.qc,
+            record.attempt,
         )
         lines.append("\t".join(_format(v) for v in row))
     return "\n".join(lines) + "\n"
@@ -371,6 +382,7 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         "Device": device,
         "Platform": platform.platform(),
         **_measured(record),
+        "Attempt": record.attempt,
     }
 
 
@@ -394,7 +406,7 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
     )  # fmt: skip
     return SubjectRecord(
         participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"]),
-        measurement,
+        measurement, int(sidecar.get("Attempt", 1)),
     )  # type: ignore[arg-type]  # fmt: skip
 
 

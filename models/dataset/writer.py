@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import numpy as np
 
 from models.catalogue.config import ModelConfig
 from models.cohort.conditioning import normalise
-from models.cohort.design import SubjectSpec
+from models.cohort.design import SubjectSpec, attempt_seed
 from models.cohort.nifti import OutputDType, nifti_gz_bytes, to_nifti
 from models.dataset.bids import (
     DEFAULT_COHORT_NAME,
     DEFAULT_QC_TOLERANCE,
     MANIFEST,
+    QC_PASS,
     Measurement,
     SamplerSettings,
     SubjectRecord,
@@ -46,6 +48,44 @@ def measurement_of(
     return Measurement(round(ventricles, 1), round(brain, 1), name, tolerance)
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A subject as kept after regeneration: the attempt's spec (its seed), sample, measurement and number."""
+
+    spec: SubjectSpec
+    sample: SubjectSample
+    measurement: Measurement
+    attempt: int = 1
+
+
+def regenerate_outside_tolerance(
+    pipeline: BrainLDMPipeline,
+    spec: SubjectSpec,
+    sample: SubjectSample,
+    measure: VolumeMeasure,
+    *,
+    max_attempts: int,
+    sampler: str,
+    num_inference_steps: int,
+    measure_name: str = "probe",
+    tolerance: float = DEFAULT_QC_TOLERANCE,
+    extrapolate: bool = False,
+) -> Accepted:
+    """Measure a generated subject; while it is outside ``tolerance`` and attempts are left, sample it again
+    alone (batch size 1) with the next attempt's seed (:func:`models.cohort.design.attempt_seed`). The last
+    attempt is kept, passing or flagged: retrying narrows the cohort towards what the measure reads as the
+    request (README, "Tolerance and regeneration")."""
+    first_seed, attempt = spec.seed, 1
+    measurement = measurement_of(measure, sample.volume, measure_name, tolerance)
+    while measurement.qc(spec.covariates) != QC_PASS and attempt < max_attempts:
+        attempt += 1
+        spec = replace(spec, seed=attempt_seed(first_seed, attempt))
+        (sample,) = pipeline([spec.covariates], [spec.seed], sampler=sampler, num_inference_steps=num_inference_steps,
+                             batch_size=1, extrapolate=extrapolate)  # fmt: skip
+        measurement = measurement_of(measure, sample.volume, measure_name, tolerance)
+    return Accepted(spec, sample, measurement, attempt)
+
+
 def subject_files(
     config: ModelConfig,
     spec: SubjectSpec,
@@ -53,12 +93,14 @@ def subject_files(
     settings: SamplerSettings,
     device: str,
     measurement: Measurement | None = None,
+    attempt: int = 1,
 ) -> tuple[SubjectRecord, dict[str, bytes]]:
     """A generated subject's BIDS files (relative path -> bytes): the T1w NIfTI, then its sidecar (with the
-    volumes measured back on the image and its QC flag, when ``measurement`` is given)."""
+    volumes measured back on the image and its QC flag, when ``measurement`` is given, and which attempt made
+    it; ``spec`` holds that attempt's seed)."""
     record = SubjectRecord(
         spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps,
-        measurement,
+        measurement, attempt,
     )  # fmt: skip
     image = to_nifti(
         sample.volume,
@@ -103,6 +145,7 @@ def write_cohort(
     measure: VolumeMeasure | None = None,
     measure_name: str = "probe",
     qc_tolerance: float = DEFAULT_QC_TOLERANCE,
+    max_attempts: int = 1,
     callback: ProgressCallback | None = None,
 ) -> Path:
     """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
@@ -137,10 +180,16 @@ def write_cohort(
         )
         done_before += len(chunk) * (num_inference_steps + 1)
         for spec, sample in zip(chunk, samples, strict=True):
-            measurement = (
-                None if measure is None else measurement_of(measure, sample.volume, measure_name, qc_tolerance)
-            )
-            record, files = subject_files(config, spec, sample, settings, str(pipeline.device), measurement)
+            measurement, attempt, made_by = None, 1, settings
+            if measure is not None:
+                kept = regenerate_outside_tolerance(
+                    pipeline, spec, sample, measure, max_attempts=max_attempts, sampler=sampler,
+                    num_inference_steps=num_inference_steps, measure_name=measure_name, tolerance=qc_tolerance,
+                    extrapolate=extrapolate,
+                )  # fmt: skip
+                spec, sample, measurement, attempt = kept.spec, kept.sample, kept.measurement, kept.attempt
+                made_by = settings if attempt == 1 else replace(settings, batch_size=1)
+            record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), measurement, attempt)
             for relative, content in files.items():  # the sidecar comes last: it marks the subject done
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)

@@ -428,7 +428,7 @@ def test_sample_measures_each_subject_with_the_models_probe_by_default(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The demo ships a volume probe: its cohorts carry measured volumes, a QC flag, the report and the plot;
-    a model without one is not measured; samseg is refused until it is available."""
+    a model without one is not measured; samseg is refused locally, naming the service's measuring workers."""
     out = tmp_path / "demo"
     code, _, stderr = _run(["sample", "--model", "demo", "--n", "2", "--seed", "3", "--steps", "2",
                             "--qc-tolerance", "0.5", "--out", str(out)], capsys)  # fmt: skip
@@ -447,9 +447,52 @@ def test_sample_measures_each_subject_with_the_models_probe_by_default(
     assert "not measured" in (plain / "participants.tsv").read_text() and not (plain / "qc_report.json").exists()
     capsys.readouterr()
     for extra, says in (
-        (["--qc", "samseg"], "--qc samseg is not available yet"),
+        (["--qc", "samseg"], "--qc samseg runs in the service's measuring workers"),
         (["--qc", "probe"], "no volume probe"),
+        (["--qc", "none", "--max-attempts", "3"], "--max-attempts needs a measure"),
+        (["--max-attempts", "6"], "--max-attempts must be 1 to 5"),
     ):
         code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", *extra,
                                 "--out", str(tmp_path / "x")], capsys)  # fmt: skip
         assert code == 2 and says in stderr
+
+
+def test_max_attempts_regenerates_subjects_outside_tolerance_with_recorded_attempt_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tight tolerance: subjects outside it are sampled again (alone) with their attempt's seed, up to 3
+    attempts; participants.tsv names the attempt and the seed that made each image, so regenerating a row from
+    the table gives the same bytes."""
+    from models.cohort.design import attempt_seed
+
+    first, retried = tmp_path / "once", tmp_path / "retried"
+    common = ["sample", "--model", "demo", "--n", "4", "--seed", "3", "--steps", "4", "--batch-size", "4",
+              "--qc-tolerance", "0.05"]  # fmt: skip
+    assert _run([*common, "--out", str(first)], capsys)[0] == 0
+    assert _run([*common, "--max-attempts", "3", "--out", str(retried)], capsys)[0] == 0
+    once = {r["participant_id"]: r for r in csv.DictReader((first / "participants.tsv").open(), delimiter="\t")}
+    rows = {r["participant_id"]: r for r in csv.DictReader((retried / "participants.tsv").open(), delimiter="\t")}
+    outside = [pid for pid, r in once.items() if r["qc"] != "pass"]
+    assert outside, "the 5 % tolerance should leave a subject outside it on the first attempt"
+    for pid, row in rows.items():
+        if pid not in outside:  # passed at once: the same image, attempt 1
+            assert row["attempt"] == "1" and row["seed"] == once[pid]["seed"]
+            continue
+        attempt = int(row["attempt"])
+        assert 2 <= attempt <= 3 and (row["qc"] == "pass" or attempt == 3)
+        assert int(row["seed"]) == attempt_seed(int(once[pid]["seed"]), attempt)
+        sidecar = json.loads((retried / pid / "anat" / f"{pid}_T1w.json").read_text())
+        assert sidecar["Attempt"] == attempt and sidecar["BatchSize"] == 1
+    # the table regenerates a retried subject's image byte for byte (alone, as it was made)
+    pid = next(p for p in outside)
+    table = tmp_path / "one.tsv"
+    table.write_text("\t".join(("participant_id", "age", "sex", "ventricular_volume_mm3", "brain_volume_mm3", "seed"))
+                     + "\n" + "\t".join(rows[pid][c] for c in ("participant_id", "age", "sex", "ventricular_volume_mm3",
+                                                                 "brain_volume_mm3", "seed")) + "\n")  # fmt: skip
+    again = tmp_path / "again"
+    assert _run(["sample", "--model", "demo", "--subjects", str(table), "--steps", "4", "--qc", "none",
+                 "--out", str(again)], capsys)[0] == 0  # fmt: skip
+    path = f"{pid}/anat/{pid}_T1w.nii.gz"
+    assert (again / path).read_bytes() == (retried / path).read_bytes()
+    report = json.loads((retried / "qc_report.json").read_text())
+    assert report["passed"] == sum(r["qc"] == "pass" for r in rows.values())

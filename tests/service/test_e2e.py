@@ -446,3 +446,24 @@ def test_a_demo_cohort_is_measured_by_the_workers_as_locally(client: BrainSynthC
     again = list(csv.DictReader((local / "participants.tsv").read_text().splitlines(), delimiter="\t"))
     columns = ("measured_ventricular_volume_mm3", "measured_brain_volume_mm3", "qc")
     assert [[row[c] for c in columns] for row in again] == [[row[c] for c in columns] for row in served]
+
+
+def test_the_workers_regenerate_subjects_outside_tolerance_as_locally(client: BrainSynthClient, tmp_path: Path) -> None:
+    """max_attempts in the service: the worker samples a subject measured outside tolerance again alone with its
+    next attempt's seed; the archive's attempts, seeds, measurements and image bytes are `brainsynth sample`'s."""
+    from brainsynth.cli import main
+
+    body = {"model": "demo", "n_subjects": 2, "seed": 4, "sampler": {"name": "ddim", "steps": 3}, "qc": "probe",
+            "qc_tolerance": 0.05, "max_attempts": 3}  # fmt: skip
+    cohort = client.submit(body)
+    assert client.wait(cohort["id"], timeout=300)["status"] == "succeeded"
+    dataset = client.download(cohort["id"], tmp_path / "served")
+    local = tmp_path / "local"
+    assert main(["sample", "--model", "demo", "--n", "2", "--seed", "4", "--steps", "3", "--batch-size", "2",
+                 "--qc-tolerance", "0.05", "--max-attempts", "3", "--out", str(local)]) == 0  # fmt: skip
+    served = (dataset / "participants.tsv").read_text()
+    assert served == (local / "participants.tsv").read_text()
+    assert any(row["attempt"] != "1" for row in csv.DictReader(served.splitlines(), delimiter="\t"))
+    for pid in ("sub-000001", "sub-000002"):
+        path = f"{pid}/anat/{pid}_T1w.nii.gz"
+        assert (dataset / path).read_bytes() == (local / path).read_bytes()

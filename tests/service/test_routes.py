@@ -205,3 +205,10 @@ def test_the_measure_is_chosen_per_model_and_an_unavailable_one_is_a_422_naming_
         assert says in refused.json()["detail"][0]["msg"]
     unknown = _submit(client, {"model": "tiny", "n_subjects": 1, "qc": "synthseg"})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "qc"]
+    for body, says in (
+        ({"max_attempts": 3}, "regenerating needs a measure"),
+        ({"max_attempts": 6}, "less than or equal"),
+    ):
+        refused = _submit(client, {"model": "tiny", "n_subjects": 1, **body})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "max_attempts"]
+        assert says in refused.json()["detail"][0]["msg"]
