@@ -15,7 +15,7 @@ DEMO_BASE_COMMIT ?= e54e542
 DEMO_MODEL ?= data/demo-model
 DEMO_FINETUNE_STEPS ?= 3200
 
-.PHONY: help install test test-slow lint format demo demo-model bench chaos clean
+.PHONY: help install test test-slow lint format demo demo-model bench bench-qc chaos clean
 
 help:
 	@echo "make demo   - install, start the service locally, generate a 4-subject demo cohort into $(DEMO_OUT)"
@@ -23,6 +23,7 @@ help:
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
+	@echo "make bench-qc - acceptance rate and spread of a demo cohort with --max-attempts 1 and 3 (probe)"
 	@echo "make chaos  - the fault suite: brainsynth up as shipped, a 20-subject cohort under kills and outages (~15 min)"
 	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate (CPU, ~1.5 h)"
 
@@ -97,6 +98,10 @@ demo-model: install
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# What max_attempts does to a cohort's spread and acceptance (demo, probe, tight tolerance); a table.
+bench-qc: install
+	$(BIN)/python -m bench.regeneration
 
 # The fault suite: the shipped stack disturbed (worker kills, Redis restart, S3 freeze, API restart); a table.
 chaos: install

@@ -107,12 +107,14 @@ def bids_prefix(tenant: str, cohort_id: str) -> str:
 
 
 #: The PNG previews of each stored subject (``models.dataset.previews``): outside the BIDS tree, so never in
-#: the archive; written before the subject's sidecar, so a stored subject has them.
-PREVIEW_KINDS = ("views", "axial")
+#: the archive; written before the subject's sidecar, so a stored subject has them (``labels``, SAMSEG's
+#: outlines, before the measured sidecar: a SAMSEG-measured subject has it).
+PREVIEW_KINDS = ("views", "axial", "labels")
 
 
 def preview_key(tenant: str, cohort_id: str, participant_id: str, kind: str) -> str:
-    """Where one of a subject's previews (``views``: three mid-slices; ``axial``: mid-axial alone) lives."""
+    """Where one of a subject's previews (``views``: three mid-slices; ``axial``: mid-axial alone; ``labels``:
+    the mid-slices with SAMSEG's outlines) lives."""
     if kind not in PREVIEW_KINDS:
         raise ValueError(f"preview kind must be one of {PREVIEW_KINDS}, got {kind!r}")
     return cohort_prefix(tenant, cohort_id) + f"previews/{participant_id}_{kind}.png"

@@ -106,6 +106,15 @@ def test_the_api_client_and_job_layer_never_load_torch(module: str) -> None:
     assert not {m for m in loaded if m.split(".")[0] == "worker"}, f"{module} loads worker code"
 
 
+def test_the_measuring_worker_never_loads_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs in SAMSEG's environment (numpy < 2, no torch): its app, task and logic load no torch or MONAI."""
+    monkeypatch.setenv("BRAINSYNTH_S3_ACCESS_KEY", "k")
+    monkeypatch.setenv("BRAINSYNTH_S3_SECRET_KEY", "s")
+    loaded = _modules_after_import("worker.measure_app")
+    assert not {"torch", "monai"} & loaded
+    assert {"worker.measuring", "models.dataset.segmentation"} <= loaded and "worker.tasks" not in loaded
+
+
 def test_the_script_builds_its_parser_without_either_sides_heavy_dependencies() -> None:
     """`brainsynth sample` works without the service extra and `brainsynth status` never loads torch: the
     parser is built with httpx, celery, fastapi and torch blocked."""

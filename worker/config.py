@@ -4,8 +4,6 @@ measuring workers (SAMSEG's environment) read theirs here too."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,19 +67,8 @@ class MeasureSettings(ProcessSettings):
 
     #: Threads of one SAMSEG run (``--threads``); one run at a time per worker process.
     samseg_threads: int = Field(2, ge=1, le=64)
-    #: ``run_samseg``: beside this Python (the measuring environment's), else on PATH, unless set.
+    #: ``run_samseg`` to run; default: the one beside this Python (the measuring environment's).
     samseg_executable: str | None = None
-
-    def samseg_command(self) -> str:
-        """The ``run_samseg`` to run; raises ValueError naming how to install it when there is none."""
-        if self.samseg_executable:
-            return self.samseg_executable
-        beside = Path(sys.executable).parent / "run_samseg"
-        found = str(beside) if beside.is_file() else shutil.which("run_samseg")
-        if found is None:
-            raise ValueError("run_samseg not found: install the measuring environment (`make install`) or set "
-                             "BRAINSYNTH_SAMSEG_EXECUTABLE")  # fmt: skip
-        return found
 
 
 @lru_cache

@@ -8,6 +8,8 @@ message and stops SAMSEG once the cohort is canceled or deleted, a delivery limi
 from __future__ import annotations
 
 import logging
+import sys
+from functools import lru_cache
 from typing import Any
 
 from celery import Task, signals
@@ -17,7 +19,7 @@ from jobs.logs import configure_logging
 from jobs.queue import create_app
 from jobs.state import FINAL, MEASURE_WORKERS_KEY, recover_cohort
 from jobs.storage import StorageError, cohort_prefix
-from models.dataset.segmentation import SamsegStopped, SegmentationError
+from models.dataset.segmentation import Samseg, SamsegStopped, SegmentationError
 from worker import metrics
 from worker.config import get_measure_settings
 from worker.measuring import measure_subject
@@ -29,6 +31,13 @@ log = logging.getLogger(__name__)
 app = create_app(get_measure_settings())
 #: This measuring worker process's store, state and heartbeat (in the measuring workers' live set).
 process = WorkerProcess(get_measure_settings(), MEASURE_WORKERS_KEY)
+
+
+@lru_cache
+def samseg() -> Samseg:
+    """SAMSEG in this worker's environment (asked once per process)."""
+    settings = get_measure_settings()
+    return Samseg.in_environment(sys.executable, settings.samseg_threads, settings.samseg_executable)
 
 
 @signals.setup_logging.connect
@@ -60,7 +69,7 @@ def measure_subject_task(self: Task, payload: dict[str, Any]) -> str:
         metrics.REDELIVERIES.inc()
     stop = process.heartbeat.begin(job.cohort_id, delivery_tag(self))
     try:
-        outcome = measure_subject(job, store, settings.samseg_command(), settings.samseg_threads, stop.is_set)
+        outcome = measure_subject(job, store, samseg(), stop.is_set)
     except SamsegStopped:
         outcome = "not_run"
     except SegmentationError as err:  # SAMSEG failed on this image: it would fail again; kept unmeasured

@@ -1,6 +1,7 @@
 """Plain logic of the measuring task (no Celery here): SAMSEG on one stored subject, its outputs into the
 cohort's derivative dataset, its measurement into the subject's T1w sidecar.
 
+Also renders the ``labels`` preview (the mid-slices with SAMSEG's brain and ventricle outlines).
 Idempotent: the sidecar is rewritten last, with ``Measured.measure == "samseg"``, and a subject whose sidecar
 says so is never measured again; the derivative files before it have deterministic keys.
 """
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from typing import Literal
 
 from jobs.contract import MeasureJob
-from jobs.state import bids_prefix
+from jobs.state import bids_prefix, preview_key
 from jobs.storage import ObjectStore
 from models.dataset.bids import dumps, measured_sidecar, sidecar_path, t1w_path
-from models.dataset.segmentation import installed_samseg, run_samseg, samseg_dataset_files, samseg_subject_files
+from models.dataset.segmentation import Samseg, label_outlines_png
 from worker import metrics
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,7 @@ MeasureOutcome = Literal["measured", "already_measured", "not_stored"]
 
 
 def measure_subject(
-    job: MeasureJob,
-    store: ObjectStore,
-    executable: str,
-    threads: int = 1,
-    should_stop: Callable[[], bool] | None = None,
+    job: MeasureJob, store: ObjectStore, samseg: Samseg, should_stop: Callable[[], bool] | None = None
 ) -> MeasureOutcome:
     """Segment the subject's stored T1w image with SAMSEG and record what it measured.
 
@@ -45,14 +42,14 @@ def measure_subject(
     sidecar = json.loads(raw)
     if (sidecar.get("Measured") or {}).get("measure") == "samseg":
         return "already_measured"
-    version, labels = installed_samseg()
-    result = run_samseg(store.get_bytes(prefix + t1w_path(job.participant_id)), executable, threads, should_stop)
+    image = store.get_bytes(prefix + t1w_path(job.participant_id))
+    result, measurement, files = samseg.segment(job.participant_id, image, job.qc_tolerance, should_stop)
     metrics.MEASURE_SECONDS.observe(result.seconds)
-    files = {**samseg_dataset_files(version, labels), **samseg_subject_files(job.participant_id, result)}
-    for relative, content in files.items():
+    for relative, content in {**samseg.dataset_files(), **files}.items():
         content_type = "application/gzip" if relative.endswith(".gz") else "text/plain"
         store.put_bytes(prefix + relative, content, content_type)
-    measurement = result.measured().measurement(job.qc_tolerance)
+    outlines = label_outlines_png(image, result.dseg, list(samseg.labels))
+    store.put_bytes(preview_key(job.tenant, job.cohort_id, job.participant_id, "labels"), outlines, "image/png")
     updated = measured_sidecar(job.participant_id, sidecar, measurement)
     store.put_bytes(prefix + sidecar_path(job.participant_id), dumps(updated).encode(), "application/json")
     log.info("SAMSEG measured %s in %.0f s: ventricles %.0f mm3, brain %.0f mm3", job.participant_id, result.seconds,

@@ -70,16 +70,48 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _side_by_side(views: list[Image.Image]) -> Image.Image:
+    height = max(view.height for view in views)
+    canvas = Image.new(views[0].mode, (sum(view.width for view in views) + GAP_PX * (len(views) - 1), height))
+    left = 0
+    for view in views:
+        canvas.paste(view, (left, (height - view.height) // 2))
+        left += view.width + GAP_PX
+    return canvas
+
+
 def render_previews(volume: np.ndarray, affine: np.ndarray) -> dict[str, bytes]:
     """PNG bytes of ``views`` (axial, coronal and sagittal mid-slices side by side, one scale) and
     ``axial`` (the mid-axial view alone) of a volume on a grid with ``affine``."""
     ras = to_ras(np.asarray(volume), affine)
     scale = _scale(ras.shape)
     views = [_labelled(section, labels, scale) for section, labels in mid_slices(ras).values()]
-    height = max(view.height for view in views)
-    canvas = Image.new("L", (sum(view.width for view in views) + GAP_PX * (len(views) - 1), height), color=0)
-    left = 0
-    for view in views:
-        canvas.paste(view, (left, (height - view.height) // 2))
-        left += view.width + GAP_PX
-    return {"views": _png(canvas), "axial": _png(views[0])}
+    return {"views": _png(_side_by_side(views)), "axial": _png(views[0])}
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a 2-D mask with a 4-neighbour outside it (its one-pixel outline)."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
+def render_label_outlines(
+    volume: np.ndarray, labels: np.ndarray, affine: np.ndarray, groups: list[tuple[list[int], tuple[int, int, int]]]
+) -> bytes:
+    """PNG of the three mid-slices, drawn as :func:`render_previews` draws ``views``, with the outline of each
+    group of label values (a label map on the same grid, e.g. SAMSEG's) in its RGB colour, later groups on top."""
+    ras, ras_labels = to_ras(np.asarray(volume), affine), to_ras(np.asarray(labels), affine)
+    scale = _scale(ras.shape)
+    views = []
+    for (section, sides), (label_section, _) in zip(mid_slices(ras).values(), mid_slices(ras_labels).values(),
+                                                    strict=True):  # fmt: skip
+        pixels = np.array(_labelled(section, sides, scale).convert("RGB"))
+        for values, colour in groups:
+            edge = _outline(np.isin(label_section, values)).repeat(scale, axis=0).repeat(scale, axis=1)
+            pixels[edge] = colour
+        views.append(Image.fromarray(pixels, mode="RGB"))
+    return _png(_side_by_side(views))

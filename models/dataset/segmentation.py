@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import gzip
+import json
 import os
 import signal
 import subprocess
@@ -231,6 +232,23 @@ def dseg_nifti(segmentation: nib.spatialimages.SpatialImage, reference: nib.Nift
     return nifti_gz_bytes(image)
 
 
+#: Outline colours of the labels preview: brain grey + white matter, then the ventricles on top.
+BRAIN_OUTLINE, VENTRICLE_OUTLINE = (240, 200, 40), (230, 50, 50)
+
+
+def label_outlines_png(image: bytes, dseg: bytes, labels: list[Label]) -> bytes:
+    """The subject's mid-slices with the outlines of what makes its two measures (brain: yellow; ventricles:
+    red), from its ``.nii.gz`` image and label map (:func:`models.dataset.previews.render_label_outlines`)."""
+    from models.dataset.previews import render_label_outlines
+
+    index = {label.name: label.index for label in labels}
+    t1w = nib.Nifti1Image.from_bytes(gzip.decompress(image))
+    segmentation = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(dseg)).dataobj)
+    groups = [([index[n] for n in BRAIN_LABELS if n in index], BRAIN_OUTLINE),
+              ([index[n] for n in VENTRICLE_LABELS if n in index], VENTRICLE_OUTLINE)]  # fmt: skip
+    return render_label_outlines(np.asarray(t1w.dataobj), segmentation, t1w.affine, groups)
+
+
 # -- running SAMSEG -------------------------------------------------------------------------------------
 class SamsegStopped(RuntimeError):
     """SAMSEG was stopped because its subject's cohort was canceled or deleted."""
@@ -308,18 +326,54 @@ def samseg_subject_files(pid: str, result: SamsegResult) -> dict[str, bytes]:
 
 #: SAMSEG's default atlas inside its package (the labels its ``seg.mgz`` uses).
 SAMSEG_ATLAS = "atlas/20Subjects_smoothing2_down2_smoothingForAffine2"
+#: Asks a Python for its SAMSEG: version and package folder (JSON), or null.
+_FIND_SAMSEG = (
+    "import json, pathlib, importlib.metadata as m, importlib.util as u\n"
+    "s = u.find_spec('samseg')\n"
+    "print(json.dumps(s and [m.version('samseg'), str(pathlib.Path(s.origin).parent)]))"
+)
 
 
-def installed_samseg() -> tuple[str, list[Label]]:
-    """The installed SAMSEG's version and its default atlas's labels (in the measuring environment).
+@dataclass(frozen=True)
+class Samseg:
+    """SAMSEG as a measure: its ``run_samseg``, version and atlas labels, and the threads one run gets."""
 
-    Raises:
-        SegmentationError: SAMSEG is not installed in this environment.
-    """
-    from importlib import metadata, util
+    executable: str
+    version: str
+    labels: tuple[Label, ...]
+    threads: int = 1
 
-    spec = util.find_spec("samseg")
-    if spec is None or spec.origin is None:
-        raise SegmentationError("SAMSEG is not installed here: `make install` builds its environment (.venv-measure)")
-    table = Path(spec.origin).parent / SAMSEG_ATLAS / "compressionLookupTable.txt"
-    return metadata.version("samseg"), read_lookup_table(table.read_text())
+    @classmethod
+    def in_environment(cls, python: str | Path, threads: int = 1, executable: str | None = None) -> Samseg:
+        """The SAMSEG installed beside ``python`` (the measuring environment's; a worker passes its own):
+        ``run_samseg`` from the same ``bin/`` unless ``executable`` is given.
+
+        Raises:
+            SegmentationError: that environment has no SAMSEG (``make install`` builds .venv-measure).
+        """
+        try:
+            found = subprocess.run([str(python), "-c", _FIND_SAMSEG], capture_output=True, text=True, timeout=60,
+                                   check=True)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as err:
+            raise SegmentationError(f"cannot ask {python} for SAMSEG: {err}") from err
+        answer = json.loads(found.stdout or "null")
+        if answer is None:
+            raise SegmentationError(
+                f"SAMSEG is not installed beside {python}: `make install` builds its environment (.venv-measure)"
+            )
+        version, package = answer
+        table = Path(package) / SAMSEG_ATLAS / "compressionLookupTable.txt"
+        command = executable or str(Path(python).parent / "run_samseg")
+        return cls(command, version, tuple(read_lookup_table(table.read_text())), threads)
+
+    def segment(
+        self, pid: str, image: bytes, tolerance: float, should_stop: Callable[[], bool] | None = None
+    ) -> tuple[SamsegResult, Measurement, dict[str, bytes]]:
+        """Segment a subject's ``.nii.gz`` image: SAMSEG's result, the subject's measurement, and its derivative
+        files (label map, volumes table). Raises as :func:`run_samseg`."""
+        result = run_samseg(image, self.executable, self.threads, should_stop)
+        return result, result.measured().measurement(tolerance), samseg_subject_files(pid, result)
+
+    def dataset_files(self) -> dict[str, bytes]:
+        """The derivative dataset's own files (:func:`samseg_dataset_files`)."""
+        return samseg_dataset_files(self.version, list(self.labels))

@@ -6,6 +6,7 @@ Who the cohort contains is decided by :mod:`models.cohort.design`.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,12 +29,14 @@ from models.dataset.bids import (
     dataset_files,
     dumps,
     manifest,
+    measured_sidecar,
     require_empty_folder,
     sidecar_path,
     t1w_path,
     t1w_sidecar,
 )
 from models.dataset.qc import qc_files
+from models.dataset.segmentation import Samseg
 from models.inference.pipeline import BrainLDMPipeline, ProgressCallback, SubjectSample
 
 #: Measures a generated volume on the model grid: (ventricular, brain) volume in mm3 (:mod:`models.evaluation`).
@@ -146,12 +149,15 @@ def write_cohort(
     measure_name: str = "probe",
     qc_tolerance: float = DEFAULT_QC_TOLERANCE,
     max_attempts: int = 1,
+    samseg: Samseg | None = None,
     callback: ProgressCallback | None = None,
 ) -> Path:
     """Generate ``subjects`` and write them as a BIDS dataset in ``out_dir`` (new or empty).
 
     Subjects are written per batch as they finish, then the dataset-level files (the same as the service's
-    archive: :func:`models.dataset.bids.dataset_files`), then ``SHA256SUMS`` of every file, last.
+    archive: :func:`models.dataset.bids.dataset_files`), then ``SHA256SUMS`` of every file, last. With
+    ``samseg`` (instead of ``measure``) each image is segmented as it is written, as the service's measuring
+    workers do: its measurement goes into its sidecar, its label map and volumes into ``derivatives/samseg/``.
     """
     out_dir = require_empty_folder(out_dir)
     config = pipeline.config
@@ -190,11 +196,20 @@ def write_cohort(
                 spec, sample, measurement, attempt = kept.spec, kept.sample, kept.measurement, kept.attempt
                 made_by = settings if attempt == 1 else replace(settings, batch_size=1)
             record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), measurement, attempt)
+            if samseg is not None:
+                pid = spec.participant_id
+                _, measured, derived = samseg.segment(pid, files[t1w_path(pid)], qc_tolerance)
+                record = replace(record, measurement=measured)
+                sidecar = measured_sidecar(pid, json.loads(files[sidecar_path(pid)]), measured)
+                image = files[t1w_path(pid)]
+                files = {t1w_path(pid): image, **derived, sidecar_path(pid): dumps(sidecar).encode()}  # sidecar last
             for relative, content in files.items():  # the sidecar comes last: it marks the subject done
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)
             records.append(record)
-    for relative, content in dataset_level_files(config, cohort_name, records, authors, like_report).items():
+    dataset = dataset_level_files(config, cohort_name, records, authors, like_report)
+    for relative, content in {**dataset, **(samseg.dataset_files() if samseg else {})}.items():
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         (out_dir / relative).write_bytes(content)
     digests = [
         (path.relative_to(out_dir).as_posix(), hashlib.sha256(path.read_bytes()).hexdigest())

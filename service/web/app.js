@@ -340,6 +340,11 @@ async function renderCohort(id) {
         el("tr", {}, el("th", { text: "volume" }), el("th", { text: "Pearson r" }), el("th", { text: "mean abs. error" }), el("th", { text: "mean abs. % error" })),
         row("ventricles", body.ventricular_volume_mm3), row("brain", body.brain_volume_mm3)),
       el("img", { id: "qc-scatter", src: `/v1/cohorts/${encodeURIComponent(id)}/qc.png?token=${encodeURIComponent(await freshToken())}`, alt: "measured against requested volumes, with the tolerance band" }));
+    if (body.measures.includes("samseg")) {  // SAMSEG's brain (yellow) and ventricle (red) outlines per subject
+      const t = encodeURIComponent(await freshToken());
+      evidence.append(el("h4", { text: "SAMSEG outlines: brain (yellow), ventricles (red)" }), el("div", { id: "qc-outlines" },
+        ...[...shown].map((pid) => el("img", { src: `/v1/cohorts/${encodeURIComponent(id)}/subjects/${pid}/preview-labels.png?token=${t}`, alt: `${pid}: SAMSEG outlines`, title: pid }))));
+    }
     evidence.hidden = false;
   }
 
@@ -349,7 +354,8 @@ async function renderCohort(id) {
     state.textContent = `Status: ${status.status}`;
     bar.max = status.progress.total; bar.value = status.progress.done;
     const percent = status.progress.total ? Math.round((100 * status.progress.done) / status.progress.total) : 0;
-    counts.textContent = ` ${status.progress.done}/${status.progress.total} subjects (${percent} %)`;
+    const measuring = status.request.qc === "samseg" ? `, ${status.progress.measured}/${status.progress.total} measured by SAMSEG` : "";
+    counts.textContent = ` ${status.progress.done}/${status.progress.total} subjects (${percent} %)${measuring}`;
     error.textContent = status.error || "";
     const final = ["succeeded", "failed", "canceled"].includes(status.status);
     cancel.hidden = final;

@@ -428,7 +428,7 @@ def test_sample_measures_each_subject_with_the_models_probe_by_default(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The demo ships a volume probe: its cohorts carry measured volumes, a QC flag, the report and the plot;
-    a model without one is not measured; samseg is refused locally, naming the service's measuring workers."""
+    a model without one is not measured; what cannot be measured or retried is refused, naming the flag."""
     out = tmp_path / "demo"
     code, _, stderr = _run(["sample", "--model", "demo", "--n", "2", "--seed", "3", "--steps", "2",
                             "--qc-tolerance", "0.5", "--out", str(out)], capsys)  # fmt: skip
@@ -447,7 +447,7 @@ def test_sample_measures_each_subject_with_the_models_probe_by_default(
     assert "not measured" in (plain / "participants.tsv").read_text() and not (plain / "qc_report.json").exists()
     capsys.readouterr()
     for extra, says in (
-        (["--qc", "samseg"], "--qc samseg runs in the service's measuring workers"),
+        (["--qc", "samseg", "--max-attempts", "2"], "--max-attempts with --qc samseg is not available"),
         (["--qc", "probe"], "no volume probe"),
         (["--qc", "none", "--max-attempts", "3"], "--max-attempts needs a measure"),
         (["--max-attempts", "6"], "--max-attempts must be 1 to 5"),
@@ -496,3 +496,12 @@ def test_max_attempts_regenerates_subjects_outside_tolerance_with_recorded_attem
     assert (again / path).read_bytes() == (retried / path).read_bytes()
     report = json.loads((retried / "qc_report.json").read_text())
     assert report["passed"] == sum(r["qc"] == "pass" for r in rows.values())
+
+
+def test_sample_qc_samseg_names_the_missing_measuring_environment(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRAINSYNTH_MEASURE_PYTHON", str(tmp_path / "nowhere" / "python"))
+    code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", "--qc", "samseg",
+                            "--out", str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == 2 and "--qc samseg: no measuring environment" in stderr and "make install" in stderr

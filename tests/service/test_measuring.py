@@ -5,6 +5,7 @@ generating and one measuring worker (:class:`service.stack.LocalStack`, shipped 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from models.dataset.segmentation import (
     MNI152_ICV_MM3,
     SAMSEG_DERIVATIVE,
     VENTRICLE_LABELS,
+    VENTRICLE_OUTLINE,
     dseg_path,
     volumes_path,
 )
@@ -68,7 +70,9 @@ def measured_cohort(measuring_stack: LocalStack, tmp_path_factory: pytest.TempPa
         final = client.wait(cohort["id"], on_progress=seen.append, timeout=900)
         dataset = client.download(cohort["id"], tmp_path_factory.mktemp("measured"))
         models = client.http.get("/v1/models").raise_for_status().json()["models"]
-    return {"final": final, "seen": seen, "models": models}, dataset
+        outlines = client.http.get(f"/v1/cohorts/{cohort['id']}/subjects/{PID}/preview-labels.png")
+    (dataset.parent / "preview-labels.png").write_bytes(outlines.content)  # to look at
+    return {"final": final, "seen": seen, "models": models, "outlines": outlines}, dataset
 
 
 @pytest.mark.timeout(1200)
@@ -82,6 +86,12 @@ def test_a_samseg_cohort_succeeds_only_once_measured(measured_cohort: tuple[dict
     assert stored_not_measured and all(s["status"] == "running" for s in stored_not_measured)
     demo = next(m for m in watched["models"] if m["name"] == "demo")
     assert demo["measures"] == ["probe", "samseg"]
+    outlines = watched["outlines"]
+    assert outlines.status_code == 200 and outlines.headers["content-type"] == "image/png"
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(outlines.content)))
+    assert pixels.ndim == 3 and np.all(pixels == VENTRICLE_OUTLINE, axis=-1).any()  # SAMSEG's ventricles drawn
 
 
 @pytest.mark.timeout(1200)

@@ -18,6 +18,12 @@ router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
 PREVIEW_ROUTES = (
     ("views", "preview.png", "axial, coronal and sagittal mid-slices side by side"),
     ("axial", "preview-axial.png", "the mid-axial slice alone (for a cohort strip)"),
+    (
+        "labels",
+        "preview-labels.png",
+        "the mid-slices with SAMSEG's brain (yellow) and ventricle (red) outlines "
+        "(qc samseg cohorts, once the subject is measured)",
+    ),
 )
 #: A stored subject never changes (ids are never reused): cached in the browser, not in shared caches.
 PREVIEW_CACHE = "private, max-age=86400, immutable"

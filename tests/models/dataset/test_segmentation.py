@@ -146,3 +146,54 @@ def test_a_stop_kills_samseg_within_its_poll(tmp_path: Path) -> None:
     with pytest.raises(SamsegStopped):
         run_samseg(nifti_gz_bytes(_image()), _stand_in(tmp_path, "slow"), should_stop=lambda: True, poll_s=0.2)
     assert time.monotonic() - started < 5
+
+
+def test_the_labels_preview_outlines_brain_and_ventricles_in_their_colours() -> None:
+    import io
+
+    from PIL import Image
+
+    from models.dataset.segmentation import BRAIN_OUTLINE, VENTRICLE_OUTLINE, Label, label_outlines_png
+
+    image = _image((20, 24, 20))
+    labels = np.zeros(image.shape, dtype=np.int16)
+    labels[4:16, 4:20, 4:16] = 2  # white matter
+    labels[8:12, 10:14, 8:12] = 4  # a ventricle inside it
+    dseg = nifti_gz_bytes(nib.Nifti1Image(labels, image.affine))
+    names = [Label(2, "Left-Cerebral-White-Matter", "#ffffff"), Label(4, "Left-Lateral-Ventricle", "#781286")]
+    png = Image.open(io.BytesIO(label_outlines_png(nifti_gz_bytes(image), dseg, names)))
+    pixels = np.asarray(png)
+    assert png.mode == "RGB" and png.height >= 160
+    colours = {tuple(p) for p in pixels.reshape(-1, 3)}
+    assert BRAIN_OUTLINE in colours and VENTRICLE_OUTLINE in colours
+    red = np.all(pixels == VENTRICLE_OUTLINE, axis=-1).sum()
+    yellow = np.all(pixels == BRAIN_OUTLINE, axis=-1).sum()
+    assert 0 < red < yellow  # the ventricle's outline is the shorter one, drawn inside the brain's
+
+
+def test_a_local_cohort_measured_by_samseg_carries_its_derivatives(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """write_cohort with SAMSEG (a stand-in run_samseg here; the real one runs in tests/service/test_measuring.py):
+    label maps and volumes in derivatives/samseg, the measurement in each sidecar and participants.tsv, every
+    file in SHA256SUMS."""
+    import csv
+
+    from models.cohort.design import CohortDesign, design_subjects
+    from models.dataset.segmentation import Label, Samseg
+    from models.dataset.writer import write_cohort
+    from models.inference.pipeline import BrainLDMPipeline
+
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    subjects = design_subjects(CohortDesign(2, seed=1), pipeline.config.conditioning)
+    samseg = Samseg(_stand_in(tmp_path, "ok"), "0.4a0", (Label(4, "Left-Lateral-Ventricle", "#781286"),))
+    out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2, samseg=samseg)
+    rows = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
+    expected = segmented_volumes(read_samseg_stats(STATS.read_text())).measurement()
+    assert {r["measure"] for r in rows} == {"samseg"}
+    assert {float(r["measured_ventricular_volume_mm3"]) for r in rows} == {expected.ventricular_volume_mm3}
+    for row in rows:
+        pid = row["participant_id"]
+        image = nib.load(out / pid / "anat" / f"{pid}_T1w.nii.gz")
+        assert np.array_equal(nib.load(out / dseg_path(pid)).affine, image.affine)
+        assert json.loads((out / pid / "anat" / f"{pid}_T1w.json").read_text())["Measured"]["measure"] == "samseg"
+    listed = {line.split()[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert {dseg_path("sub-000001"), volumes_path("sub-000002"), "derivatives/samseg/dseg.tsv"} <= listed
