@@ -215,24 +215,23 @@ class CohortState:
     def mark_done(self, cohort_id: str, participant: str) -> None:
         self.redis.sadd(f"{cohort_key(cohort_id)}:done", participant)
 
-    def settle(self, cohort_id: str, participant: str) -> int:
-        """Record that ``participant`` will not run again; returns how many subjects have settled."""
-        key = f"{cohort_key(cohort_id)}:settled"
+    def _add_and_count(self, key: str, participant: str) -> int:
+        """Add ``participant`` to the set ``key`` (idempotent); returns the set's size."""
         with self.redis.pipeline() as pipe:
             pipe.sadd(key, participant)
             pipe.scard(key)
             return int(pipe.execute()[1])
+
+    def settle(self, cohort_id: str, participant: str) -> int:
+        """Record that ``participant`` will not run again; returns how many subjects have settled."""
+        return self._add_and_count(f"{cohort_key(cohort_id)}:settled", participant)
 
     def mark_measured(self, cohort_id: str, participant: str) -> None:
         self.redis.sadd(f"{cohort_key(cohort_id)}:measured", participant)
 
     def settle_measure(self, cohort_id: str, participant: str) -> int:
         """Record that ``participant`` will not be measured again; returns how many have settled so."""
-        key = f"{cohort_key(cohort_id)}:measure-settled"
-        with self.redis.pipeline() as pipe:
-            pipe.sadd(key, participant)
-            pipe.scard(key)
-            return int(pipe.execute()[1])
+        return self._add_and_count(f"{cohort_key(cohort_id)}:measure-settled", participant)
 
     def count_attempt(self, cohort_id: str, participant: str) -> int:
         """Record one more delivery of the task whose first subject is ``participant``; kept a week."""

@@ -135,3 +135,36 @@ def test_the_measured_dataset_is_valid_bids(measured_cohort: tuple[dict, Path]) 
     _, dataset = measured_cohort
     result = subprocess.run([VALIDATOR, str(dataset)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "[ERR]" not in result.stdout, result.stdout
+
+
+def _samseg_processes() -> int:
+    """How many ``run_samseg`` processes run on this machine (none but this module's start any in the suite)."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                count += b"run_samseg" in (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+    return count
+
+
+@pytest.mark.timeout(600)
+def test_a_cancel_stops_the_running_samseg_and_leaves_nothing_running(
+    measuring_stack: LocalStack, measured_cohort: tuple[dict, Path]
+) -> None:
+    import time
+
+    with BrainSynthClient(measuring_stack.url, KEY) as client:
+        cohort = client.submit({"model": "demo", "n_subjects": 1, "seed": 12, "qc": "samseg"})
+        deadline = time.monotonic() + 120
+        while _samseg_processes() == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _samseg_processes() == 1, "SAMSEG did not start"
+        assert client.cancel(cohort["id"])["status"] == "canceled"
+        deadline = time.monotonic() + 15
+        while _samseg_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _samseg_processes() == 0  # killed within the heartbeat's next beat and SAMSEG's poll
+        final = client.status(cohort["id"])
+        assert final["status"] == "canceled" and final["progress"]["done"] == 1 and final["progress"]["measured"] == 0
