@@ -513,3 +513,23 @@ def test_sample_qc_samseg_names_the_missing_measuring_environment(
     code, _, stderr = _run(["sample", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1", "--qc", "samseg",
                             "--out", str(tmp_path / "x")], capsys)  # fmt: skip
     assert code == 2 and "--qc samseg: no measuring environment" in stderr and "make install" in stderr
+
+
+@pytest.mark.slow
+def test_sample_qc_samseg_runs_the_real_samseg_locally(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`brainsynth sample --qc samseg` with the measuring environment of `make install` (one 4 mm subject: SAMSEG
+    takes 3-4 minutes here): label map, volumes, measured sidecar, all in SHA256SUMS."""
+    from service.stack import measure_python
+
+    try:
+        measure_python()
+    except Exception as err:
+        pytest.skip(str(err))
+    out = tmp_path / "measured"
+    code, _, stderr = _run(["sample", "--model", "demo", "--n", "1", "--seed", "5", "--qc", "samseg",
+                            "--out", str(out)], capsys)  # fmt: skip
+    assert code == 0, stderr
+    (row,) = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert row["measure"] == "samseg" and float(row["measured_ventricular_volume_mm3"]) > 1000
+    listed = {line.split()[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
+    assert "derivatives/samseg/sub-000001/anat/sub-000001_dseg.nii.gz" in listed

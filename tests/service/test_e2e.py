@@ -222,7 +222,7 @@ def test_a_worker_killed_mid_cohort_changes_nothing(
     assert client.status(cohort["id"])["progress"]["done"] < 4
     stack.start_worker(0)
     final = client.wait(cohort["id"], timeout=300)
-    assert final["status"] == "succeeded" and final["progress"] == {"done": 4, "total": 4}
+    assert final["status"] == "succeeded" and final["progress"] == {"done": 4, "total": 4, "measured": 0}
     assert _niftis(client, cohort["id"]) == reference  # every subject once, with the undisturbed bytes
 
 
@@ -268,7 +268,7 @@ def test_a_cohort_record_lost_from_redis_is_rebuilt_from_storage(stack: LocalSta
     broker = redis.Redis.from_url(stack.redis.url)  # type: ignore[union-attr]
     assert broker.delete(f"brainsynth:cohort:{cohort['id']}", f"brainsynth:cohort:{cohort['id']}:done") == 2
     status = client.status(cohort["id"])
-    assert status["status"] == "succeeded" and status["progress"] == {"done": 2, "total": 2}
+    assert status["status"] == "succeeded" and status["progress"] == {"done": 2, "total": 2, "measured": 0}
 
 
 def test_cli_submit_wait_status_download(stack: LocalStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

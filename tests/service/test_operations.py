@@ -40,7 +40,9 @@ def test_api_and_worker_metrics_count_the_work_with_tenant_free_labels(stack: Lo
     assert _value(after, stored, outcome="stored") - _value(before, stored, outcome="stored") >= 3
     assert _value(after, "brainsynth_cohorts", status="succeeded") >= 1
     assert _value(after, "brainsynth_workers_alive") >= 1 and _value(after, "brainsynth_job_store_up") == 1
-    assert {lab["state"] for n, lab, _ in after if n == "brainsynth_queue_tasks"} == {"queued", "unacked"}
+    states = {lab["state"] for n, lab, _ in after if n == "brainsynth_queue_tasks"}
+    assert states == {"queued", "unacked", "measure_queued"}  # measure_queued: the SAMSEG queue's length
+    assert _value(after, "brainsynth_measure_workers_alive") == 0  # this stack runs no measuring worker
     for secret in (cohort["id"], "lab-", "key-"):  # no tenant, key or cohort id in any label
         assert secret not in text, secret
 
