@@ -136,7 +136,7 @@ def test_the_weights_get_into_the_models_volume_through_the_import_service() -> 
 
 def test_the_build_context_leaves_out_venvs_data_and_outputs() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".venv", "data", "out", ".git"} <= ignored
+    assert {".venv", ".venv-measure", "data", "out", ".git"} <= ignored
     assert not {"models", "service", "worker", "jobs", "brainsynth"} & ignored
 
 
