@@ -173,7 +173,7 @@ def add_cohort_arguments(
     parser.add_argument(
         "--max-attempts", type=int, metavar="N",
         help="generate a subject measured outside --qc-tolerance again with its next attempt's seed, up to N "
-        "attempts in all, then keep it flagged (default 1; --qc probe)",
+        "attempts in all, then keep it flagged (default 1; --qc probe or samseg)",
     )  # fmt: skip
 
 

@@ -380,10 +380,6 @@ def _local_measure(args: argparse.Namespace, model_dir: Path) -> Callable[[], Vo
     probe, or ``None``."""
     has_probe = (model_dir / PROBE_JSON).is_file()
     qc = args.qc or ("probe" if has_probe else "none")
-    if qc == "samseg":
-        if (args.max_attempts or 1) > 1:
-            raise UsageError("--max-attempts with --qc samseg is not available: regeneration uses --qc probe")
-        return None
     if qc == "probe" and not has_probe:
         raise UsageError(f"--qc probe: {model_dir} has no volume probe ({PROBE_JSON}); use --qc none")
     if args.qc_tolerance is not None and not 0 < args.qc_tolerance <= 1:
@@ -391,8 +387,8 @@ def _local_measure(args: argparse.Namespace, model_dir: Path) -> Callable[[], Vo
     if args.max_attempts is not None and not 1 <= args.max_attempts <= MAX_ATTEMPTS_LIMIT:
         raise UsageError(f"--max-attempts must be 1 to {MAX_ATTEMPTS_LIMIT}, got {args.max_attempts}")
     if (args.max_attempts or 1) > 1 and qc == "none":
-        raise UsageError("--max-attempts needs a measure to judge by: use --qc probe")
-    if qc == "none":
+        raise UsageError("--max-attempts needs a measure to judge by: use --qc probe or --qc samseg")
+    if qc in ("none", "samseg"):  # SAMSEG runs in its own environment (_local_samseg)
         return None
 
     def load() -> VolumeMeasure:

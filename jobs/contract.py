@@ -7,7 +7,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.cohort.conditioning import Covariates
-from models.cohort.design import MAX_ATTEMPTS_LIMIT, PARTICIPANT_LABEL, OutputDType, SamplerName, SubjectSpec
+from models.cohort.design import (
+    MAX_ATTEMPTS_LIMIT,
+    PARTICIPANT_LABEL,
+    OutputDType,
+    SamplerName,
+    SubjectSpec,
+    attempt_seed,
+)
 from models.dataset.bids import DEFAULT_QC_TOLERANCE
 
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
@@ -40,8 +47,17 @@ class SubjectJob(BaseModel):
     #: ``samseg``: FreeSurfer's SAMSEG, by a measuring worker once the image is stored)
     qc: Literal["none", "probe", "samseg"] = "none"
     qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
-    #: attempts at a subject measured outside tolerance (qc probe): 1 = keep the first
+    #: attempts at a subject measured outside tolerance: 1 = keep the first
     max_attempts: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    #: which attempt this job generates: 1, or k > 1 when a measuring worker sent the subject back after SAMSEG
+    #: measured attempt k - 1 outside tolerance (sampled alone with :func:`models.cohort.design.attempt_seed`)
+    attempt: int = Field(1, ge=1, le=MAX_ATTEMPTS_LIMIT)
+
+    @model_validator(mode="after")
+    def _attempt_within_max(self) -> SubjectJob:
+        if self.attempt > self.max_attempts:
+            raise ValueError(f"attempt {self.attempt} is past max_attempts {self.max_attempts}")
+        return self
 
     @classmethod
     def from_spec(cls, spec: SubjectSpec, **cohort: Any) -> SubjectJob:
@@ -53,9 +69,13 @@ class SubjectJob(BaseModel):
                    seed=spec.seed, **cohort)  # fmt: skip
 
     def spec(self) -> SubjectSpec:
-        """The subject as the model layer designs and samples it."""
+        """The subject as the model layer samples this job's attempt (its seed is that attempt's)."""
         covariates = Covariates(self.sex, self.age, self.ventricular_volume_mm3, self.brain_volume_mm3)
-        return SubjectSpec(self.participant_id, covariates, self.seed)
+        return SubjectSpec(self.participant_id, covariates, attempt_seed(self.seed, self.attempt))
+
+    def next_attempt(self) -> SubjectJob | None:
+        """The job generating this subject's next attempt, or ``None`` when this one is the last allowed."""
+        return None if self.attempt >= self.max_attempts else self.model_copy(update={"attempt": self.attempt + 1})
 
 
 class SubjectBatch(BaseModel):
@@ -67,10 +87,16 @@ class SubjectBatch(BaseModel):
     subjects: list[SubjectJob] = Field(min_length=1, max_length=16)
 
     @model_validator(mode="after")
+    def _later_attempts_alone(self) -> SubjectBatch:
+        if self.subjects[0].attempt > 1 and len(self.subjects) > 1:
+            raise ValueError("a later attempt is sampled alone (batch of one), so it regenerates byte-identically")
+        return self
+
+    @model_validator(mode="after")
     def _one_cohort_one_setting(self) -> SubjectBatch:
         first = self.subjects[0]
         shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "qc", "qc_tolerance",
-                  "max_attempts")  # fmt: skip
+                  "max_attempts", "attempt")  # fmt: skip
         for job in self.subjects[1:]:
             for name in shared:
                 if getattr(job, name) != getattr(first, name):
@@ -98,17 +124,30 @@ class FinalizeJob(BaseModel):
 
 class MeasureJob(BaseModel):
     """Measure one stored subject with SAMSEG: its label map and volumes into the cohort's derivative dataset,
-    then the measurement and QC flag into its T1w sidecar (written last: the subject is measured)."""
+    then the measurement and QC flag into its T1w sidecar (written last: the subject is measured). ``subject``
+    is the job that stored the attempt to measure; its next attempt goes back to the generating workers when
+    SAMSEG measures this one outside tolerance."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    model: str
-    participant_id: str = Field(pattern=f"^{PARTICIPANT_LABEL}$")
-    qc_tolerance: float = Field(DEFAULT_QC_TOLERANCE, gt=0, le=1)
+    subject: SubjectJob
 
-    @classmethod
-    def of(cls, job: SubjectJob) -> MeasureJob:
-        return cls(tenant=job.tenant, cohort_id=job.cohort_id, model=job.model, participant_id=job.participant_id,
-                   qc_tolerance=job.qc_tolerance)  # fmt: skip
+    @property
+    def tenant(self) -> str:
+        return self.subject.tenant
+
+    @property
+    def cohort_id(self) -> str:
+        return self.subject.cohort_id
+
+    @property
+    def participant_id(self) -> str:
+        return self.subject.participant_id
+
+    @property
+    def attempt(self) -> int:
+        return self.subject.attempt
+
+    @property
+    def qc_tolerance(self) -> float:
+        return self.subject.qc_tolerance

@@ -382,9 +382,10 @@ def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_i
         state.mark_done(cohort_id, participant)
         state.settle(cohort_id, participant)
     if stored.request.get("qc") == "samseg":
-        for participant in measured_subjects(store, stored, done):
-            state.mark_measured(cohort_id, participant)
-            state.settle_measure(cohort_id, participant)
+        for participant, (_, measured) in samseg_attempts(store, stored, done).items():
+            if measured:
+                state.mark_measured(cohort_id, participant)
+                state.settle_measure(cohort_id, participant)
     return record
 
 
@@ -401,16 +402,19 @@ def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
     return stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in stored.subjects))
 
 
-def measured_subjects(store: ObjectStore, stored: StoredCohort, done: Iterable[str]) -> set[str]:
-    """Those of the stored subjects ``done`` whose sidecar records a SAMSEG measurement (written last by a
-    measuring worker, so its presence means measured)."""
+def samseg_attempts(store: ObjectStore, stored: StoredCohort, done: Iterable[str]) -> dict[str, tuple[int, bool]]:
+    """For each of the stored subjects ``done``: the attempt its sidecar records and whether SAMSEG measured it
+    (a measuring worker writes the sidecar last, with ``Measured.measure == "samseg"``, so that means measured;
+    a regenerated attempt's sidecar comes unmeasured)."""
     prefix = bids_prefix(stored.tenant, stored.id)
-    measured = set()
+    attempts = {}
     for participant in done:
         raw = store.get_bytes_if_present(prefix + sidecar_path(participant))
-        if raw is not None and (json.loads(raw).get("Measured") or {}).get("measure") == "samseg":
-            measured.add(participant)
-    return measured
+        if raw is not None:
+            sidecar = json.loads(raw)
+            measured = (sidecar.get("Measured") or {}).get("measure") == "samseg"
+            attempts[participant] = (int(sidecar.get("Attempt") or 1), measured)
+    return attempts
 
 
 def register_cohort(

@@ -36,10 +36,10 @@ from jobs.state import (
     cohort_json_key,
     connect,
     link_secret,
-    measured_subjects,
     preview_key,
     recover_cohort,
     register_cohort,
+    samseg_attempts,
     stored_subjects,
     write_final_state,
 )
@@ -194,16 +194,10 @@ class CohortService:
 
     @staticmethod
     def _attempts(request: CohortRequest, qc: str) -> int:
-        """Attempts per subject: regeneration needs a measure to judge by, and runs in the generating worker."""
+        """Attempts per subject: regeneration needs a measure to judge by."""
         attempts = request.max_attempts or 1
         if attempts > 1 and qc == "none":
-            raise InvalidField(["body", "max_attempts"], "regenerating needs a measure: set qc to probe")
-        if attempts > 1 and qc == "samseg":
-            raise InvalidField(
-                ["body", "max_attempts"],
-                "regeneration after a SAMSEG measurement is not available: use qc probe with max_attempts, or "
-                "samseg with max_attempts 1",
-            )
+            raise InvalidField(["body", "max_attempts"], "regenerating needs a measure: set qc to probe or samseg")
         return attempts
 
     def _like_subjects(
@@ -351,10 +345,12 @@ class CohortService:
                 done = stored_subjects(self.store, stored)
                 self.enqueue(stored, done=done)
                 if stored.request.get("qc") == "samseg":  # stored subjects whose measuring was lost with Redis
-                    unmeasured = done - measured_subjects(self.store, stored, done)
+                    attempts = samseg_attempts(self.store, stored, done)
                     for job in stored.subjects:
-                        if job.participant_id in unmeasured:
-                            self.celery.send_task(MEASURE_SUBJECT, args=[MeasureJob.of(job).model_dump()])
+                        attempt, measured = attempts.get(job.participant_id, (0, True))
+                        if not measured:  # the attempt stored is the one to measure
+                            subject = job.model_copy(update={"attempt": attempt})
+                            self.celery.send_task(MEASURE_SUBJECT, args=[MeasureJob(subject=subject).model_dump()])
                 log.warning("cohort %s was rebuilt from object storage and its missing work queued", cohort_id)
         if record is None or record.tenant != tenant:
             raise CohortNotFound(cohort_id)

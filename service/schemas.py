@@ -159,7 +159,7 @@ class CohortRequest(BaseModel):
     max_attempts: int | None = Field(
         None, ge=1, le=MAX_ATTEMPTS_LIMIT,
         description="generate a subject measured outside qc_tolerance again with its next attempt's seed, up to "
-        "this many attempts in all, then keep it flagged (default 1: no regeneration; qc probe only)",
+        "this many attempts in all, then keep it flagged (default 1: no regeneration; needs qc probe or samseg)",
     )  # fmt: skip
 
     @field_validator("name")

@@ -24,7 +24,7 @@ from worker import metrics
 from worker.config import get_measure_settings
 from worker.measuring import measure_subject
 from worker.process import WorkerProcess, delivery_tag
-from worker.settling import fail_cohort, settle_measured
+from worker.settling import fail_cohort, regenerate_subject, settle_measured
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def _logging(**_: object) -> None:
 @app.task(name=MEASURE_SUBJECT, bind=True)
 def measure_subject_task(self: Task, payload: dict[str, Any]) -> str:
     """Measure one stored subject (idempotent: a measured subject is never measured again); returns the outcome:
-    measured, already_measured, not_stored, not_run (cohort canceled, failed or deleted) or failed."""
+    measured, already_measured, not_stored, regenerate (its next attempt sent to the generating workers, which
+    queue its measuring again), superseded (a later attempt is stored), not_run (cohort canceled, failed or
+    deleted) or failed."""
     job = MeasureJob.model_validate(payload)
     settings, state, store = get_measure_settings(), process.state, process.store
     record = state.get(job.cohort_id) or recover_cohort(state, store, job.tenant, job.cohort_id)
@@ -58,7 +60,7 @@ def measure_subject_task(self: Task, payload: dict[str, Any]) -> str:
     if record.status in FINAL:
         settle_measured(app, state, record, [job.participant_id])
         return "not_run"
-    attempts = state.count_attempt(job.cohort_id, f"measure:{job.participant_id}")
+    attempts = state.count_attempt(job.cohort_id, f"measure:{job.participant_id}:{job.attempt}")
     if attempts > settings.max_attempts:
         log.warning("measuring delivered %d times (limit %d): kept unmeasured", attempts, settings.max_attempts,
                     extra=where)  # fmt: skip
@@ -85,8 +87,11 @@ def measure_subject_task(self: Task, payload: dict[str, Any]) -> str:
     if state.get(record.id) is None:  # deleted while SAMSEG ran: remove what this task wrote after the delete
         store.delete_prefix(cohort_prefix(job.tenant, job.cohort_id))
         return "not_run"
-    if outcome in ("measured", "already_measured"):
-        state.mark_measured(record.id, job.participant_id)
-    settle_measured(app, state, record, [job.participant_id])
+    if outcome == "regenerate":  # settles later, once an attempt is kept
+        regenerate_subject(app, job.subject)
+    elif outcome != "superseded":  # a superseded task's subject settles through its later attempt's task
+        if outcome in ("measured", "already_measured"):
+            state.mark_measured(record.id, job.participant_id)
+        settle_measured(app, state, record, [job.participant_id])
     log.info("subject %s", outcome, extra=where)
     return outcome

@@ -63,6 +63,10 @@ def generate_subjects(
     A redelivered batch is sampled whole again, so the subjects it still has to store get the same bytes
     as in an undisturbed run (values depend slightly on the batch); stored ones are never rewritten.
 
+    A job of a later attempt (``attempt`` > 1: SAMSEG measured the stored one outside tolerance) is sampled
+    alone with that attempt's seed and replaces the stored image, previews and sidecar (last, unmeasured), unless
+    its sidecar already records that attempt.
+
     With ``qc: probe``, each subject's volumes are measured back by ``measure_for(model)`` before its sidecar
     is written, so a stored subject always carries its measurement and QC flag; with ``max_attempts`` > 1 a
     subject measured outside tolerance is sampled again alone with the next attempt's seed once the batch is
@@ -71,7 +75,11 @@ def generate_subjects(
     """
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
-    done = stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in batch.subjects))
+    if first.attempt == 1:
+        done = stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in batch.subjects))
+    else:  # a later attempt (sent back by a measuring worker) replaces the stored one, once
+        stored_attempt = _stored_attempt(store, prefix, first.participant_id)
+        done = {first.participant_id} if stored_attempt >= first.attempt else set()
     missing = [job for job in batch.subjects if job.participant_id not in done]
     results = {
         job.participant_id: SubjectResult(
@@ -91,7 +99,7 @@ def generate_subjects(
             started = time.perf_counter()
             pid = job.participant_id
             if isinstance(kept, SubjectSample):
-                kept_spec, sample, measurement, attempt, made_by = specs[pid], kept, None, 1, settings
+                kept_spec, sample, measurement, attempt, made_by = specs[pid], kept, None, job.attempt, settings
             else:
                 kept_spec, sample, measurement, attempt = kept.spec, kept.sample, kept.measurement, kept.attempt
                 made_by = settings if attempt == 1 else replace(settings, batch_size=1)
@@ -160,6 +168,12 @@ def generate_subjects(
                 pass  # the subjects submitted so far are written when the writer closes; the rest are not run
         metrics.record_gpu_peak(str(pipeline.device))
     return [results[job.participant_id] for job in batch.subjects]
+
+
+def _stored_attempt(store: ObjectStore, prefix: str, participant: str) -> int:
+    """The attempt whose files are stored for ``participant`` (its sidecar's ``Attempt``), 0 when none is."""
+    raw = store.get_bytes_if_present(prefix + sidecar_path(participant))
+    return 0 if raw is None else int(json.loads(raw).get("Attempt") or 1)
 
 
 def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -> list[str]:

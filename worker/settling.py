@@ -4,7 +4,8 @@ A subject settles for generation once it will not run again (stored, not run, fa
 SAMSEG (``qc: samseg``) each stored subject is then queued for measuring, and it settles for measuring once it
 will not be measured again (measured, not stored, not measurable); there the last measuring settle queues the
 finalisation, elsewhere the last generation settle does. A cohort therefore succeeds only once its images are
-stored and, with SAMSEG, measured.
+stored and, with SAMSEG, measured. A subject SAMSEG measured outside tolerance with attempts left does not
+settle: its next attempt goes back to the generating workers, whose task queues its measuring again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from jobs.contract import FINALIZE_COHORT, MEASURE_SUBJECT, FinalizeJob, MeasureJob, SubjectJob
+from jobs.contract import (
+    FINALIZE_COHORT,
+    GENERATE_SUBJECTS,
+    MEASURE_SUBJECT,
+    FinalizeJob,
+    MeasureJob,
+    SubjectBatch,
+    SubjectJob,
+)
 from jobs.state import CohortRecord, CohortState, Status, write_final_state
 from jobs.storage import ObjectStore, StorageError
 
@@ -46,11 +55,21 @@ def settle_generated(
         settled = state.settle(record.id, participant)
     if measured_by_queue(record):
         for job in stored:  # routed to the measuring workers' queue (jobs.queue)
-            app.send_task(MEASURE_SUBJECT, args=[MeasureJob.of(job).model_dump()])
+            app.send_task(MEASURE_SUBJECT, args=[MeasureJob(subject=job).model_dump()])
         queued = {job.participant_id for job in stored}
         settle_measured(app, state, record, [p for p in participants if p not in queued])
     elif settled >= record.total:
         queue_finalize(app, record)
+
+
+def regenerate_subject(app: Celery, measured: SubjectJob) -> None:
+    """Send the next attempt of a subject SAMSEG measured outside tolerance to the generating workers (alone:
+    a batch of one). Sending it twice (a redelivered measuring task) stores it once: the generating worker
+    skips an attempt whose sidecar is already stored."""
+    following = measured.next_attempt()
+    if following is None:
+        raise ValueError(f"{measured.participant_id} has no attempt left after {measured.attempt}")
+    app.send_task(GENERATE_SUBJECTS, args=[SubjectBatch(subjects=[following]).model_dump()])
 
 
 def settle_measured(app: Celery, state: CohortState, record: CohortRecord, participants: Iterable[str]) -> None:

@@ -62,7 +62,8 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     if record.status in FINAL:  # canceled, or failed by another subject: queued subjects are not run
         settle_generated(app, state, record, participants)
         return not_run
-    attempts = state.count_attempt(first.cohort_id, first.participant_id)
+    delivery = first.participant_id if first.attempt == 1 else f"{first.participant_id}:attempt-{first.attempt}"
+    attempts = state.count_attempt(first.cohort_id, delivery)
     limit = get_settings().max_attempts
     if attempts > limit:
         reason = f"delivered {attempts} times (limit {limit}): it keeps stopping its worker; giving up on it"

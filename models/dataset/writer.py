@@ -161,7 +161,9 @@ def write_cohort(
     Subjects are written per batch as they finish, then the dataset-level files (the same as the service's
     archive: :func:`models.dataset.bids.dataset_files`), then ``SHA256SUMS`` of every file, last. With
     ``samseg`` (instead of ``measure``) each image is segmented as it is written, as the service's measuring
-    workers do: its measurement goes into its sidecar, its label map and volumes into ``derivatives/samseg/``.
+    workers do: its measurement goes into its sidecar, its label map and volumes into ``derivatives/samseg/``;
+    with ``max_attempts`` > 1 a subject SAMSEG measures outside tolerance is sampled again alone with its next
+    attempt's seed and segmented again, and the first passing attempt is kept, else the last.
     """
     out_dir = require_empty_folder(out_dir)
     config = pipeline.config
@@ -201,8 +203,18 @@ def write_cohort(
                 made_by = settings if attempt == 1 else replace(settings, batch_size=1)
             record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), measurement, attempt)
             if samseg is not None:
-                pid = spec.participant_id
-                _, measured, derived = samseg.segment(pid, files[t1w_path(pid)], qc_tolerance)
+                pid, first_seed = spec.participant_id, spec.seed
+                while True:
+                    _, measured, derived = samseg.segment(pid, files[t1w_path(pid)], qc_tolerance)
+                    if measured.qc(spec.covariates) == QC_PASS or attempt >= max_attempts:
+                        break  # the first passing attempt, else the last (as the service's measuring workers)
+                    attempt += 1
+                    spec = replace(spec, seed=attempt_seed(first_seed, attempt))
+                    (sample,) = pipeline([spec.covariates], [spec.seed], sampler=sampler,
+                                         num_inference_steps=num_inference_steps, batch_size=1,
+                                         extrapolate=extrapolate)  # fmt: skip
+                    made_by = replace(settings, batch_size=1)
+                    record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), None, attempt)
                 record = replace(record, measurement=measured)
                 sidecar = measured_sidecar(pid, json.loads(files[sidecar_path(pid)]), measured)
                 image = files[t1w_path(pid)]

@@ -447,7 +447,6 @@ def test_sample_measures_each_subject_with_the_models_probe_by_default(
     assert "not measured" in (plain / "participants.tsv").read_text() and not (plain / "qc_report.json").exists()
     capsys.readouterr()
     for extra, says in (
-        (["--qc", "samseg", "--max-attempts", "2"], "--max-attempts with --qc samseg is not available"),
         (["--qc", "probe"], "no volume probe"),
         (["--qc", "none", "--max-attempts", "3"], "--max-attempts needs a measure"),
         (["--max-attempts", "6"], "--max-attempts must be 1 to 5"),

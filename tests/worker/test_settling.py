@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from jobs.contract import FINALIZE_COHORT, MEASURE_QUEUE, MEASURE_SUBJECT, SubjectJob
+from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, MEASURE_QUEUE, MEASURE_SUBJECT, SubjectBatch, SubjectJob
 from jobs.queue import create_app
 from jobs.settings import JobSettings
 from jobs.state import CohortRecord, CohortState, Status, connect
+from models.cohort.design import attempt_seed
 from service.localstack import start_redis
-from worker.settling import settle_generated, settle_measured
+from worker.settling import regenerate_subject, settle_generated, settle_measured
 
 
 class SentTasks:
@@ -65,7 +66,7 @@ def test_a_samseg_cohort_finalises_only_once_every_stored_subject_is_measured(st
     # two stored, one not run (canceled mid-batch): two measuring tasks, the third settles unmeasured at once
     settle_generated(app, state, record, [job.participant_id for job in jobs], jobs[:2])  # type: ignore[arg-type]
     assert app.names() == [MEASURE_SUBJECT, MEASURE_SUBJECT]
-    assert [args["participant_id"] for _, args in app.sent] == ["sub-000001", "sub-000002"]
+    assert [args["subject"]["participant_id"] for _, args in app.sent] == ["sub-000001", "sub-000002"]
     settle_measured(app, state, record, ["sub-000001"])  # type: ignore[arg-type]
     settle_measured(app, state, record, ["sub-000001"])  # a redelivered measuring task counts once
     assert app.names() == [MEASURE_SUBJECT, MEASURE_SUBJECT]
@@ -77,3 +78,35 @@ def test_measuring_tasks_are_routed_to_the_measuring_queue() -> None:
     app = create_app(JobSettings(s3_access_key="k", s3_secret_key="s"))
     assert app.amqp.router.route({}, MEASURE_SUBJECT)["queue"].name == MEASURE_QUEUE
     assert app.amqp.router.route({}, FINALIZE_COHORT)["queue"].name == "celery"
+
+
+def test_a_subject_measured_outside_tolerance_goes_back_alone_with_its_next_attempt(state: CohortState) -> None:
+    """regenerate_subject: the next attempt, alone, to the generating workers' queue; it has not settled for
+    measuring, so the cohort waits for it; past max_attempts nothing is sent."""
+    app = SentTasks()
+    record, jobs = _cohort(state, "samseg", total=1)
+    first = jobs[0].model_copy(update={"max_attempts": 3})
+    settle_generated(app, state, record, [first.participant_id], [first])  # type: ignore[arg-type]
+    regenerate_subject(app, first)  # type: ignore[arg-type]
+    name, args = app.sent[-1]
+    batch = SubjectBatch.model_validate(args)
+    assert name == GENERATE_SUBJECTS and [job.attempt for job in batch.subjects] == [2]
+    assert batch.subjects[0].spec().seed == attempt_seed(first.seed, 2) != first.seed
+    assert create_app(JobSettings(s3_access_key="k", s3_secret_key="s")).amqp.router.route({}, name)["queue"].name == (
+        "celery"
+    )
+    assert FINALIZE_COHORT not in app.names()
+    with pytest.raises(ValueError, match="no attempt left"):
+        regenerate_subject(app, first.model_copy(update={"attempt": 3}))  # type: ignore[arg-type]
+
+
+def test_later_attempts_are_sampled_alone_and_within_max_attempts() -> None:
+    job = SubjectJob(tenant="lab", cohort_id="c", model="demo", participant_id="sub-000001", sex="F", age=60,
+                     ventricular_volume_mm3=30000, brain_volume_mm3=1.45e6, seed=7, qc="samseg",
+                     max_attempts=2)  # fmt: skip
+    second = job.next_attempt()
+    assert second is not None and second.attempt == 2 and second.next_attempt() is None
+    with pytest.raises(ValueError, match="past max_attempts"):
+        SubjectJob.model_validate({**job.model_dump(), "attempt": 3})
+    with pytest.raises(ValueError, match="alone"):
+        SubjectBatch(subjects=[second, second.model_copy(update={"participant_id": "sub-000002"})])

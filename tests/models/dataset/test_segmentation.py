@@ -109,7 +109,7 @@ def test_the_label_map_gets_the_image_s_grid_and_exact_affine() -> None:
         dseg_nifti(nib.MGHImage(labels, image.affine * 2), image)
 
 
-STAND_IN = """import sys, time, pathlib, nibabel as nib, numpy as np
+STAND_IN = """import re, sys, time, pathlib, nibabel as nib, numpy as np
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 mode = {mode!r}
 if mode == "fail":
@@ -119,12 +119,23 @@ if mode == "slow":
 image = nib.load(args["-i"])
 out = pathlib.Path(args["-o"]); out.mkdir()
 nib.save(nib.MGHImage(np.full(image.shape, 4, np.int32), image.affine), out / "seg.mgz")
-(out / "samseg.stats").write_text(pathlib.Path({stats!r}).read_text())
+stats = pathlib.Path({stats!r}).read_text()
+seed = int(re.search(rb"seed ([0-9]+)", image.header["descrip"].tobytes()).group(1)) if mode == "seed-parity" else 1
+if seed % 2 == 0:  # seed-parity: an image of an even seed reads with twice the ventricles
+    lines = [re.sub(r", ([0-9.]+), mm", lambda m: f", {{2 * float(m.group(1))}}, mm", line)
+             if "Ventricle" in line or "Inf-Lat-Vent" in line else line for line in stats.splitlines()]
+    stats = "\\n".join(lines) + "\\n"
+(out / "samseg.stats").write_text(stats)
 """
+#: What the stand-in measures on an image of an odd seed: the real run's stats (STATS); an even seed's
+#: image reads twice these ventricles in mode ``seed-parity``.
+STAND_IN_MEASURED = segmented_volumes(read_samseg_stats(STATS.read_text())).measurement()
 
 
-def _stand_in(tmp_path: Path, mode: str) -> str:
-    """A stand-in ``run_samseg`` (a unit test; the real one runs in tests/service/test_measuring.py)."""
+def stand_in(tmp_path: Path, mode: str) -> str:
+    """A stand-in ``run_samseg`` (for unit tests and the queue's plumbing; the real one runs in
+    tests/service/test_measuring.py): ``ok``, ``fail``, ``slow`` or ``seed-parity`` (its measure passes an
+    image whose seed, read from the NIfTI description, is odd, and doubles the ventricles of an even one)."""
     script = tmp_path / f"run_samseg_{mode}"
     script.write_text(f"#!{sys.executable}\n" + STAND_IN.format(mode=mode, stats=str(STATS)))
     script.chmod(0o755)
@@ -133,18 +144,18 @@ def _stand_in(tmp_path: Path, mode: str) -> str:
 
 def test_run_samseg_reads_its_outputs_and_names_its_failures(tmp_path: Path) -> None:
     image = nifti_gz_bytes(_image())
-    result = run_samseg(image, _stand_in(tmp_path, "ok"), threads=1)
+    result = run_samseg(image, stand_in(tmp_path, "ok"), threads=1)
     assert result.volumes == read_samseg_stats(STATS.read_text())
     assert result.measured().measurement(0.1).measure == "samseg"
     assert set(np.unique(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(result.dseg)).dataobj))) == {4}
     with pytest.raises(SegmentationError, match="exited with code 3: cannot read the image"):
-        run_samseg(image, _stand_in(tmp_path, "fail"))
+        run_samseg(image, stand_in(tmp_path, "fail"))
 
 
 def test_a_stop_kills_samseg_within_its_poll(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(SamsegStopped):
-        run_samseg(nifti_gz_bytes(_image()), _stand_in(tmp_path, "slow"), should_stop=lambda: True, poll_s=0.2)
+        run_samseg(nifti_gz_bytes(_image()), stand_in(tmp_path, "slow"), should_stop=lambda: True, poll_s=0.2)
     assert time.monotonic() - started < 5
 
 
@@ -184,7 +195,7 @@ def test_a_local_cohort_measured_by_samseg_carries_its_derivatives(tiny_model_di
 
     pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
     subjects = design_subjects(CohortDesign(2, seed=1), pipeline.config.conditioning)
-    samseg = Samseg(_stand_in(tmp_path, "ok"), "0.4a0", (Label(4, "Left-Lateral-Ventricle", "#781286"),))
+    samseg = Samseg(stand_in(tmp_path, "ok"), "0.4a0", (Label(4, "Left-Lateral-Ventricle", "#781286"),))
     out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2, samseg=samseg)
     rows = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
     expected = segmented_volumes(read_samseg_stats(STATS.read_text())).measurement()
@@ -197,3 +208,58 @@ def test_a_local_cohort_measured_by_samseg_carries_its_derivatives(tiny_model_di
         assert json.loads((out / pid / "anat" / f"{pid}_T1w.json").read_text())["Measured"]["measure"] == "samseg"
     listed = {line.split()[1] for line in (out / "SHA256SUMS").read_text().splitlines()}
     assert {dseg_path("sub-000001"), volumes_path("sub-000002"), "derivatives/samseg/dseg.tsv"} <= listed
+
+
+def seeds_by_parity(parities: list[str], count: int, max_attempts: int) -> list[int]:
+    """The first ``count`` seeds whose attempts' seeds (:func:`attempt_seed`, 1..``max_attempts``) have the given
+    parities, one pattern per subject: e.g. ``"o"`` passes the seed-parity stand-in at once, ``"eo"`` at the second
+    attempt, ``"eee"`` never."""
+    from models.cohort.design import attempt_seed
+
+    found = []
+    for pattern in parities:
+        seed = 100
+        while True:
+            seed += 1
+            parity = "".join("o" if attempt_seed(seed, k) % 2 else "e" for k in range(1, max_attempts + 1))
+            if parity.startswith(pattern) and seed not in found:
+                found.append(seed)
+                break
+    assert len(found) == count
+    return found
+
+
+def test_a_local_samseg_cohort_regenerates_outside_tolerance(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`sample --qc samseg --max-attempts 3` (write_cohort; the seed-parity stand-in passes odd seeds): a subject
+    is segmented, sampled again alone with its next attempt's seed while outside tolerance, and the first passing
+    attempt is kept, else the last; participants.tsv records the attempt and its seed, which regenerates it."""
+    import csv
+
+    from models.cohort.conditioning import Covariates
+    from models.cohort.design import SubjectSpec, attempt_seed
+    from models.dataset.bids import SamplerSettings, t1w_path
+    from models.dataset.segmentation import Label, Samseg
+    from models.dataset.writer import subject_files, write_cohort
+    from models.inference.pipeline import BrainLDMPipeline
+
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    wanted = Covariates("F", 70.0, STAND_IN_MEASURED.ventricular_volume_mm3, STAND_IN_MEASURED.brain_volume_mm3)
+    seeds = seeds_by_parity(["o", "eo", "eee"], 3, 3)
+    subjects = [SubjectSpec(f"sub-00000{i + 1}", wanted, seed) for i, seed in enumerate(seeds)]
+    samseg = Samseg(stand_in(tmp_path, "seed-parity"), "0.4a0", (Label(4, "Left-Lateral-Ventricle", "#781286"),))
+    out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2, batch_size=3, samseg=samseg,
+                       qc_tolerance=0.05, max_attempts=3)  # fmt: skip
+    rows = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
+    assert [(r["attempt"], r["qc"]) for r in rows] == [("1", "pass"), ("2", "pass"), ("3", "outside tolerance")]
+    assert [int(r["seed"]) for r in rows] == [seeds[0], attempt_seed(seeds[1], 2), attempt_seed(seeds[2], 3)]
+    doubled = 2 * STAND_IN_MEASURED.ventricular_volume_mm3
+    assert float(rows[2]["measured_ventricular_volume_mm3"]) == pytest.approx(doubled, abs=0.2)
+    sidecar = json.loads((out / "sub-000003" / "anat" / "sub-000003_T1w.json").read_text())
+    assert sidecar["Attempt"] == 3 and sidecar["Seed"] == attempt_seed(seeds[2], 3)
+    # a later attempt was sampled alone: its row regenerates it byte for byte
+    regenerated = SubjectSpec("sub-000002", wanted, int(rows[1]["seed"]))
+    (again,) = pipeline([wanted], [regenerated.seed], num_inference_steps=2, batch_size=1)
+    settings = SamplerSettings("ddim", 2, 0.0, 1, "float32", pipeline.execution)
+    _, files = subject_files(pipeline.config, regenerated, again, settings, "cpu")
+    path = t1w_path("sub-000002")
+    assert files[path] == (out / path).read_bytes()
