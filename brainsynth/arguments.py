@@ -55,6 +55,7 @@ FIELD_FLAGS: dict[tuple[str, ...], str] = {
     ("qc",): "--qc",
     ("qc_tolerance",): "--qc-tolerance",
     ("max_attempts",): "--max-attempts",
+    ("guidance",): "--guidance",
     ("covariates", "age"): "--age/--age-range",
     ("covariates", "ventricular_volume_mm3"): "--ventricular-volume/--ventricular-range",
     ("covariates", "brain_volume_mm3"): "--brain-volume/--brain-range",
@@ -157,6 +158,11 @@ def add_cohort_arguments(
         "--sampler", choices=SAMPLERS, help="default ddim (a --subjects file that records its sampler: that one)"
     )
     parser.add_argument("--steps", type=int, help=f"denoising steps (default: {default_steps_text()})")
+    parser.add_argument(
+        "--guidance", type=float, metavar="W",
+        help="classifier-free guidance scale (eps_null + W (eps_cond - eps_null)): larger follows the conditioning "
+        "more closely; default the model's (`brainsynth models`); models without condition dropout take 1 only",
+    )  # fmt: skip
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="NIfTI data type")
     parser.add_argument("--extrapolate", action="store_true", help="allow covariates beyond the training range")
     parser.add_argument("--authors", nargs="+", metavar="NAME", help="dataset authors (dataset_description.json)")
@@ -282,7 +288,7 @@ def cohort_subjects(
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
-    for field in ("qc", "qc_tolerance", "max_attempts"):
+    for field in ("guidance", "qc", "qc_tolerance", "max_attempts"):
         if getattr(args, field) is not None:
             request[field] = getattr(args, field)
     if args.authors:

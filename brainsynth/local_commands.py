@@ -116,6 +116,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                 metavar="MODEL",
                 help="fine-tune: start the UNet from MODEL's (a new --model-dir also takes MODEL's autoencoder)",
             )
+            sub.add_argument(
+                "--condition-dropout", type=float, default=0.0, metavar="P",
+                help="train on the null condition with probability P (classifier-free guidance; model.json records "
+                "it, and the model then samples with --guidance W); default 0: no guidance support",
+            )  # fmt: skip
     probe = stages.add_parser("volumes", help="train the volume probe that `evaluate` measures with (phantoms)")
     probe.set_defaults(run=_cmd_train_volumes)
     probe.add_argument("--data", type=Path, required=True, help="phantom BIDS folder to train on")
@@ -217,6 +222,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    if not 0 <= getattr(args, "condition_dropout", 0.0) < 1:
+        raise UsageError(f"--condition-dropout must be in [0, 1), got {args.condition_dropout}")
     device = resolve_device(args.device)
     _prepare_model_dir(args)
     init_from = resolve_model_dir(args.init_from) if getattr(args, "init_from", None) else None
@@ -227,6 +234,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
     if init_from is not None:
         overrides["init_from"] = init_from
+    if args.stage == "diffusion":
+        overrides["condition_dropout"] = args.condition_dropout
     if args.lr is not None:
         overrides["lr"] = args.lr
     with tqdm(total=args.steps, unit="step", desc=f"training {args.stage}", file=sys.stderr) as bar:
@@ -424,6 +433,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     sampler, given_steps = resolve_sampling(args)
     steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
     check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
+    guidance = config.guidance_scale(args.guidance)
     subjects, like_report = cohort_subjects(args, config.conditioning)
     measure = _local_measure(args, model_dir)
     samseg = _local_samseg() if args.qc == "samseg" else None
@@ -453,6 +463,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             dtype=args.dtype,
             extrapolate=args.extrapolate,
+            guidance=guidance,
             authors=args.authors,
             like_report=like_report,
             measure=measure() if measure else None,
@@ -461,5 +472,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             samseg=samseg,
             callback=progress,
         )
-    print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps) to {args.out.resolve()}")
+    guided = f", guidance {guidance:g}" if config.guidance is not None else ""
+    print(f"wrote {len(subjects)} subjects ({config.name}, {sampler} {steps} steps{guided}) to {args.out.resolve()}")
     return 0

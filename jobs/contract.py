@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from models.cohort.conditioning import Covariates
 from models.cohort.design import (
     MAX_ATTEMPTS_LIMIT,
+    MAX_GUIDANCE,
     PARTICIPANT_LABEL,
     OutputDType,
     SamplerName,
@@ -43,6 +44,8 @@ class SubjectJob(BaseModel):
     steps: int = Field(50, ge=1, le=1000)
     dtype: OutputDType = "float32"
     extrapolate: bool = False
+    #: classifier-free guidance scale, resolved by the API (the model's default when the request names none)
+    guidance: float = Field(1.0, ge=0, le=MAX_GUIDANCE)
     #: measure the stored image back (``probe``: the model's volume probe, in the generating worker;
     #: ``samseg``: FreeSurfer's SAMSEG, by a measuring worker once the image is stored)
     qc: Literal["none", "probe", "samseg"] = "none"
@@ -62,7 +65,7 @@ class SubjectJob(BaseModel):
     @classmethod
     def from_spec(cls, spec: SubjectSpec, **cohort: Any) -> SubjectJob:
         """The job for a designed subject; ``cohort`` holds the fields every subject of its cohort shares
-        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate, qc, qc_tolerance, max_attempts)."""
+        (tenant, cohort_id, model, sampler, steps, dtype, extrapolate, guidance, qc, qc_tolerance, max_attempts)."""
         c = spec.covariates
         return cls(participant_id=spec.participant_id, sex=c.sex, age=c.age,
                    ventricular_volume_mm3=c.ventricular_volume_mm3, brain_volume_mm3=c.brain_volume_mm3,
@@ -95,8 +98,8 @@ class SubjectBatch(BaseModel):
     @model_validator(mode="after")
     def _one_cohort_one_setting(self) -> SubjectBatch:
         first = self.subjects[0]
-        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "qc", "qc_tolerance",
-                  "max_attempts", "attempt")  # fmt: skip
+        shared = ("tenant", "cohort_id", "model", "sampler", "steps", "dtype", "extrapolate", "guidance", "qc",
+                  "qc_tolerance", "max_attempts", "attempt")  # fmt: skip
         for job in self.subjects[1:]:
             for name in shared:
                 if getattr(job, name) != getattr(first, name):

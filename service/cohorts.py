@@ -172,6 +172,10 @@ class CohortService:
             specs = self._subjects(request, seed, count, entry)
         completed["seed"] = seed
         completed["sampler"]["steps"] = steps
+        try:
+            completed["guidance"] = entry.config.guidance_scale(request.guidance)
+        except SamplingError as err:
+            raise InvalidField(["body", "guidance"], str(err)) from err
         completed["qc"] = self._measure(request, entry)
         completed["qc_tolerance"] = request.qc_tolerance if request.qc_tolerance is not None else DEFAULT_QC_TOLERANCE
         completed["max_attempts"] = self._attempts(request, completed["qc"])
@@ -274,7 +278,8 @@ class CohortService:
                 )
             shared = {"tenant": tenant, "cohort_id": cohort_id, "model": entry.name,
                       "sampler": completed["sampler"]["name"], "steps": completed["sampler"]["steps"],
-                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"], "qc": completed["qc"],
+                      "dtype": completed["dtype"], "extrapolate": completed["extrapolate"],
+                      "guidance": completed["guidance"], "qc": completed["qc"],
                       "qc_tolerance": completed["qc_tolerance"], "max_attempts": completed["max_attempts"]}  # fmt: skip
             stored = StoredCohort(
                 id=cohort_id,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.cohort.design import (
     MAX_ATTEMPTS_LIMIT,
+    MAX_GUIDANCE,
     SEED_MASK,
     OutputDType,
     QcMeasure,
@@ -156,6 +157,12 @@ class CohortRequest(BaseModel):
     qc_tolerance: float | None = Field(
         None, gt=0, le=1, description="relative difference per volume that still passes QC (default 0.25)"
     )
+    guidance: float | None = Field(
+        None, ge=0, le=MAX_GUIDANCE,
+        description="classifier-free guidance scale w (eps = eps_null + w (eps_cond - eps_null)): larger follows the "
+        "conditioning more closely; default the model's (GET /v1/models: guidance.default); a model trained "
+        "without condition dropout takes 1 only (422 otherwise)",
+    )  # fmt: skip
     max_attempts: int | None = Field(
         None, ge=1, le=MAX_ATTEMPTS_LIMIT,
         description="generate a subject measured outside qc_tolerance again with its next attempt's seed, up to "

@@ -127,6 +127,7 @@ def generate_subjects(
             [spec.seed for spec in specs.values()],
             sampler=first.sampler,
             num_inference_steps=first.steps,
+            guidance=first.guidance,
             batch_size=len(batch.subjects),
             extrapolate=first.extrapolate,
             should_stop=should_stop,

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.cohort.conditioning import ConditioningRanges
-from models.cohort.design import PredictionType
-from models.errors import ModelConfigError
+from models.cohort.design import MAX_GUIDANCE, PredictionType
+from models.errors import ModelConfigError, SamplingError
 
 MODEL_JSON = "model.json"
 AUTOENCODER_FILE = "autoencoder.pt"
@@ -71,6 +71,25 @@ class TrainingProvenance(BaseModel):
     init_from: str | None = Field(None, description="model whose UNet the run started from (fine-tuning)")
 
 
+#: The null condition of classifier-free guidance: the normalised conditioning vector that stands for "no
+#: condition" in training (condition dropout) and sampling (the unconditional branch). -1 on every entry lies
+#: outside every value a request can reach, extrapolation included (``EXTRAPOLATION_BOUNDS``, -0.5 to 1.9).
+NULL_CONDITION: tuple[float, float, float, float] = (-1.0, -1.0, -1.0, -1.0)
+
+
+class GuidanceConfig(BaseModel):
+    """A model trained for classifier-free guidance (Ho & Salimans 2022): with probability
+    ``condition_dropout`` a training sample's conditioning (channels and cross-attention context alike) was
+    replaced by ``null_condition``, so the UNet also predicts the unconditional noise, and sampling can use
+    eps = eps_null + w (eps_cond - eps_null). ``default_scale`` is the w a request gets when it names none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    condition_dropout: float = Field(gt=0, lt=1)
+    null_condition: tuple[float, float, float, float] = NULL_CONDITION
+    default_scale: float = Field(1.0, ge=0, le=MAX_GUIDANCE)
+
+
 class ModelConfig(BaseModel):
     """Everything needed to rebuild, load and sample a latent diffusion model."""
 
@@ -92,6 +111,26 @@ class ModelConfig(BaseModel):
     weights: Weights | None = None
     #: training runs in order (models made here by ``brainsynth train``; empty for imported ones)
     training: tuple[TrainingProvenance, ...] = ()
+    #: classifier-free guidance support; ``None`` for a model trained without condition dropout (it samples
+    #: at guidance 1 only)
+    guidance: GuidanceConfig | None = None
+
+    def guidance_scale(self, requested: float | None) -> float:
+        """The guidance scale to sample with: ``requested``, else the model's default (1: plain conditional).
+
+        Raises:
+            SamplingError: a scale other than 1 for a model without guidance support, or out of range.
+        """
+        scale = requested if requested is not None else (self.guidance.default_scale if self.guidance else 1.0)
+        if not 0 <= scale <= MAX_GUIDANCE:
+            raise SamplingError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {scale}", field="guidance")
+        if scale != 1 and self.guidance is None:
+            raise SamplingError(
+                f"model {self.name!r} was not trained for classifier-free guidance (no condition dropout): "
+                "guidance must be 1",
+                field="guidance",
+            )
+        return float(scale)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:

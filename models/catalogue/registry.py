@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from models.catalogue.config import MODEL_JSON, PROBE_JSON, ModelConfig, read_model_config, write_model_config
 from models.catalogue.presets import PRESETS
-from models.cohort.design import SAMPLER_TABLE
+from models.cohort.design import MAX_GUIDANCE, SAMPLER_TABLE
 from models.errors import ModelNotFoundError, RegistrationError
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
@@ -167,4 +167,10 @@ def describe_model(entry: ModelEntry) -> dict[str, Any]:
         },
         "max_steps": scheduler.num_train_timesteps,
         "measures": ["probe"] if entry.has_volume_probe else [],
+        # classifier-free guidance: the scale a request gets by default, and the range it may ask for
+        "guidance": (
+            {"default": config.guidance.default_scale, "min": 0.0, "max": MAX_GUIDANCE}
+            if config.guidance is not None
+            else {"default": 1.0, "min": 1.0, "max": 1.0}
+        ),
     }

@@ -117,6 +117,8 @@ def subject_seed(cohort_seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & SEED_MASK
 
 
+#: The largest classifier-free guidance scale a request may ask for (sweeps go to 5; past 10 images saturate).
+MAX_GUIDANCE = 10.0
 #: Most attempts a subject measured outside its QC tolerance may get (``max_attempts``: 1 = no regeneration).
 MAX_ATTEMPTS_LIMIT = 5
 

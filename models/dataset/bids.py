@@ -44,6 +44,7 @@ PARTICIPANT_COLUMNS: tuple[str, ...] = (
     "seed",
     "sampler",
     "steps",
+    "guidance",
     "measured_ventricular_volume_mm3",
     "measured_brain_volume_mm3",
     "measure",
@@ -122,6 +123,8 @@ class SubjectRecord:
     #: which attempt made the image (k > 1: regenerated after a measurement outside tolerance; ``seed`` is
     #: that attempt's, :func:`models.cohort.design.attempt_seed`)
     attempt: int = 1
+    #: the classifier-free guidance scale it was sampled with (``None``, ``n/a``, for images that were not)
+    guidance: float | None = None
 
     @property
     def qc(self) -> str:
@@ -279,6 +282,10 @@ def participants_json(config: ModelConfig) -> dict[str, Any]:
         },
         "sampler": {"Description": "the sampler that made the subject (ddim, ddpm, pndm or dpmpp2m)"},
         "steps": {"Description": "its number of denoising steps"},
+        "guidance": {
+            "Description": "its classifier-free guidance scale w (Ho & Salimans 2022): eps = eps_null + w (eps_cond - "
+            "eps_null); 1 = the conditional model alone (every model without condition dropout)",
+        },
         "measured_ventricular_volume_mm3": {
             "Description": "ventricular CSF volume measured back on the generated image by the measure column's "
             "measure (n/a: not measured)",
@@ -338,6 +345,7 @@ def participants_tsv(records: list[SubjectRecord]) -> str:
             record.seed,
             "n/a" if record.sampler is None else record.sampler,
             "n/a" if record.steps is None else record.steps,
+            "n/a" if record.guidance is None else record.guidance,
             *(
                 ("n/a", "n/a", "n/a")
                 if (m := record.measurement) is None
@@ -370,6 +378,7 @@ def t1w_sidecar(config: ModelConfig, record: SubjectRecord, sampler: SamplerSett
         "Sampler": sampler.name,
         "NumInferenceSteps": sampler.steps,
         "Eta": sampler.eta,
+        "GuidanceScale": record.guidance,
         # Bytes are reproducible at the same batch size; across batch sizes values agree within 1e-5.
         "BatchSize": sampler.batch_size,
         **sampler.execution.sidecar(),
@@ -409,7 +418,7 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
     )  # fmt: skip
     return SubjectRecord(
         participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"]),
-        measurement, int(sidecar.get("Attempt", 1)),
+        measurement, int(sidecar.get("Attempt", 1)), float(sidecar.get("GuidanceScale", 1.0)),
     )  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -75,8 +75,8 @@ def regenerate_outside_tolerance(
     extrapolate: bool = False,
 ) -> Accepted:
     """Measure a generated subject; while it is outside ``tolerance`` and attempts are left, sample it again
-    alone (batch size 1) with the next attempt's seed (:func:`models.cohort.design.attempt_seed`). The first
-    attempt that passes is kept; when none does, the closest one (smallest largest relative error), flagged.
+    alone (batch size 1, its guidance scale) with the next attempt's seed (:func:`models.cohort.design.attempt_seed`).
+    The first attempt that passes is kept; when none does, the closest one (smallest largest relative error), flagged.
     Retrying narrows the cohort towards what the measure reads as the request (README, "Tolerance and
     regeneration")."""
     first_seed = spec.seed
@@ -86,7 +86,7 @@ def regenerate_outside_tolerance(
         attempt = kept.attempt + 1
         spec = replace(spec, seed=attempt_seed(first_seed, attempt))
         (sample,) = pipeline([spec.covariates], [spec.seed], sampler=sampler, num_inference_steps=num_inference_steps,
-                             batch_size=1, extrapolate=extrapolate)  # fmt: skip
+                             guidance=sample.guidance, batch_size=1, extrapolate=extrapolate)  # fmt: skip
         kept = Accepted(spec, sample, measurement_of(measure, sample.volume, measure_name, tolerance), attempt)
         if kept.measurement.error(spec.covariates) < best.measurement.error(spec.covariates):
             best = kept
@@ -107,7 +107,7 @@ def subject_files(
     it; ``spec`` holds that attempt's seed)."""
     record = SubjectRecord(
         spec.participant_id, spec.covariates, sample.conditioning, spec.seed, settings.name, settings.steps,
-        measurement, attempt,
+        measurement, attempt, sample.guidance,
     )  # fmt: skip
     image = to_nifti(
         sample.volume,
@@ -146,6 +146,7 @@ def write_cohort(
     batch_size: int = 1,
     dtype: OutputDType = "float32",
     extrapolate: bool = False,
+    guidance: float | None = None,
     cohort_name: str = DEFAULT_COHORT_NAME,
     authors: Sequence[str] | None = None,
     like_report: dict[str, Any] | None = None,
@@ -167,7 +168,8 @@ def write_cohort(
     """
     out_dir = require_empty_folder(out_dir)
     config = pipeline.config
-    for spec in subjects:  # fail before any compute
+    config.guidance_scale(guidance)  # fail before any compute
+    for spec in subjects:
         normalise(spec.covariates, config.conditioning, extrapolate=extrapolate)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = SamplerSettings(sampler, num_inference_steps, 0.0, batch_size, dtype, pipeline.execution)
@@ -186,6 +188,7 @@ def write_cohort(
             [s.seed for s in chunk],
             sampler=sampler,
             num_inference_steps=num_inference_steps,
+            guidance=guidance,
             batch_size=batch_size,
             extrapolate=extrapolate,
             callback=forward,
@@ -211,8 +214,8 @@ def write_cohort(
                     attempt += 1
                     spec = replace(spec, seed=attempt_seed(first_seed, attempt))
                     (sample,) = pipeline([spec.covariates], [spec.seed], sampler=sampler,
-                                         num_inference_steps=num_inference_steps, batch_size=1,
-                                         extrapolate=extrapolate)  # fmt: skip
+                                         num_inference_steps=num_inference_steps, guidance=sample.guidance,
+                                         batch_size=1, extrapolate=extrapolate)  # fmt: skip
                     made_by = replace(settings, batch_size=1)
                     record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), None, attempt)
                 record = replace(record, measurement=measured)

@@ -78,6 +78,8 @@ class SubjectSample:
     seconds: float = 0.0
     #: Its decode alone (seconds).
     decode_seconds: float = 0.0
+    #: The classifier-free guidance scale it was sampled with (1: none).
+    guidance: float = 1.0
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -170,6 +172,7 @@ class BrainLDMPipeline:
         sampler: str = "ddim",
         num_inference_steps: int | None = None,
         eta: float = 0.0,
+        guidance: float | None = None,
         batch_size: int = 1,
         extrapolate: bool = False,
         callback: ProgressCallback | None = None,
@@ -184,6 +187,8 @@ class BrainLDMPipeline:
             sampler: ``ddim``, ``ddpm``, ``pndm`` or ``dpmpp2m``.
             num_inference_steps: denoising steps; default ``models.cohort.design.DEFAULT_STEPS[sampler]``.
             eta: DDIM stochasticity (0 = deterministic, the bundle's setting).
+            guidance: classifier-free guidance scale; default the model's (:meth:`ModelConfig.guidance_scale`:
+                1 for a model trained without condition dropout, which refuses any other).
             batch_size: subjects per UNet call; does not change the result.
             extrapolate: allow covariates beyond the training range (bounded, see ``models.cohort.conditioning``).
             callback: progress as ``callback(done, total)``.
@@ -199,10 +204,11 @@ class BrainLDMPipeline:
             raise SamplingError(f"batch size must be at least 1, got {batch_size}")
         if eta < 0 or (eta > 0 and sampler != "ddim"):
             raise SamplingError(f"eta must be >= 0 and is only used by ddim, got {eta} for {sampler}")
+        scale = self.config.guidance_scale(guidance)
         vectors = [normalise(c, self.config.conditioning, extrapolate=extrapolate) for c in covariates]
         generators = [subject_generator(s) for s in seeds]
         return self._generate(
-            covariates, seeds, vectors, generators, sampler, steps, eta, batch_size, callback, should_stop
+            covariates, seeds, vectors, generators, sampler, steps, eta, scale, batch_size, callback, should_stop
         )
 
     def _generate(
@@ -214,6 +220,7 @@ class BrainLDMPipeline:
         sampler: str,
         steps: int,
         eta: float,
+        guidance: float,
         batch_size: int,
         callback: ProgressCallback | None,
         should_stop: StopCheck | None,
@@ -250,6 +257,8 @@ class BrainLDMPipeline:
                     generators[start:stop],
                     self.config.latent_shape,
                     eta=eta,
+                    guidance=guidance,
+                    null_condition=self.config.guidance.null_condition if self.config.guidance else None,
                     callback=on_step,
                 )
             denoise_share = (time.perf_counter() - denoise_started) / width
@@ -263,9 +272,8 @@ class BrainLDMPipeline:
                 done += 1
                 if callback is not None:
                     callback(done, total)
-                yield SubjectSample(
-                    volume, int(seeds[index]), covariates[index], vectors[index], denoise_share + decoded, decoded
-                )
+                yield SubjectSample(volume, int(seeds[index]), covariates[index], vectors[index],
+                                    denoise_share + decoded, decoded, guidance)  # fmt: skip
 
     def _autocast(self) -> torch.autocast | nullcontext:
         if self.execution.precision is None:

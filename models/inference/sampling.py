@@ -12,6 +12,11 @@ So a subject is the same whether it is sampled alone or in a batch, on any batch
 Conditioning (paper section 2.2, "hybrid"): the normalised vector c = [sex, age, ventricles, brain] is
 concatenated to the latent as 4 constant channels (latent first) and given to cross-attention as a context
 of shape (B, 1, 4).
+
+Classifier-free guidance (Ho & Salimans 2022), for models trained with condition dropout: at guidance scale
+w != 1 each step runs the UNet once on a doubled batch, the subjects' conditions then the null condition
+(:data:`models.catalogue.config.NULL_CONDITION`) for the same latents, and uses eps = eps_null + w (eps_cond -
+eps_null). At w = 1 that is eps_cond, and the step runs exactly as without guidance (the same bytes).
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ def denoise(
     latent_shape: Sequence[int],
     *,
     eta: float = 0.0,
+    guidance: float = 1.0,
+    null_condition: Sequence[float] | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run the reverse diffusion for a batch and return the final latents (B, C, X, Y, Z).
@@ -103,22 +110,36 @@ def denoise(
         generators: one CPU generator per subject, fresh from :func:`subject_generator`.
         latent_shape: (C, X, Y, Z) of the latent.
         eta: DDIM eta (0 = deterministic).
+        guidance: classifier-free guidance scale w (1 = the conditional prediction alone).
+        null_condition: the model's null condition; required when ``guidance`` is not 1.
         callback: called as ``callback(step, total)`` after each step.
     """
     batch = conditioning.shape[0]
     if len(generators) != batch:
         raise SamplingError(f"{len(generators)} generators for {batch} subjects")
+    guided = guidance != 1.0
+    if guided and null_condition is None:
+        raise SamplingError("guidance needs the model's null condition (a model trained with condition dropout)",
+                            field="guidance")  # fmt: skip
     device = conditioning.device
     latents = torch.cat([initial_latent(g, latent_shape) for g in generators]).to(device)
+    if guided:  # the subjects' conditions, then the null condition for each of them: one UNet call a step
+        null = torch.tensor(null_condition, dtype=conditioning.dtype, device=device).expand_as(conditioning)
+        conditioning = torch.cat((conditioning, null))
+    width = conditioning.shape[0]
     context = conditioning[:, None, :]
-    cond_channels = conditioning[:, :, None, None, None].expand(batch, conditioning.shape[1], *latent_shape[1:])
+    cond_channels = conditioning[:, :, None, None, None].expand(width, conditioning.shape[1], *latent_shape[1:])
     stochastic = _draws_noise(sampler, eta)
     step_kwargs = {"eta": eta} if sampler == "ddim" else {}
     timesteps = scheduler.timesteps
     total = len(timesteps)
     for index, t in enumerate(timesteps):
-        t_batch = torch.full((batch,), int(t), device=device, dtype=torch.long)
-        eps = unet(torch.cat((latents, cond_channels), dim=1), timesteps=t_batch, context=context)
+        t_batch = torch.full((width,), int(t), device=device, dtype=torch.long)
+        inputs = torch.cat((latents, latents)) if guided else latents
+        eps = unet(torch.cat((inputs, cond_channels), dim=1), timesteps=t_batch, context=context)
+        if guided:
+            eps_cond, eps_null = eps.chunk(2)
+            eps = eps_null + guidance * (eps_cond - eps_null)
         if stochastic:
             # One step per subject so that each draws its noise from its own CPU generator.
             latents = torch.cat(

@@ -6,6 +6,9 @@ Latents are the trained autoencoder's posterior samples mu + sigma * eps, multip
 ``prediction_type``: the noise for epsilon, the velocity alpha eps - sigma x0 for v_prediction, the clean latent
 for sample) at uniformly drawn timesteps,
 with the paper's hybrid conditioning (4 constant channels after the latent + cross-attention context).
+With ``condition_dropout`` p > 0, each sample's conditioning (channels and context alike) is replaced by the
+null condition with probability p (classifier-free guidance, Ho & Salimans 2022), and model.json records p and
+the null condition (``guidance``), so the model can be sampled with a guidance scale.
 An exponential moving average of the weights (decay warming up as (1 + t) / (10 + t) to 0.999) is saved.
 """
 
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from monai.networks.schedulers import DDPMScheduler
 
-from models.catalogue.config import UNET_FILE, read_model_config
+from models.catalogue.config import NULL_CONDITION, UNET_FILE, GuidanceConfig, read_model_config
 from models.catalogue.networks import build_autoencoder, build_unet
 from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
 from models.training.checkpoint import LossLog, load_state, register_weights, save_state
@@ -52,6 +55,8 @@ class DiffusionSettings:
     checkpoint_every: int = 200
     #: a model directory whose UNet weights start the training (a fine-tune), when there is no checkpoint
     init_from: Path | None = None
+    #: probability of training a sample on the null condition (0: no classifier-free guidance support)
+    condition_dropout: float = 0.0
 
 
 def ema_decay(step: int, ceiling: float) -> float:
@@ -106,9 +111,21 @@ def train_diffusion(
         beta_end=s.beta_end,
         prediction_type=s.prediction_type,
     )
+    if not 0 <= settings.condition_dropout < 1:
+        from models.training.data import TrainingDataError
+
+        raise TrainingDataError(f"condition dropout must be in [0, 1), got {settings.condition_dropout}")
+    null = torch.tensor(NULL_CONDITION, dtype=torch.float32)
     checkpoint_path = model_dir / "checkpoints" / "diffusion.ckpt"
     start = 0
     if (state := load_state(checkpoint_path)) is not None:
+        if float(state.get("condition_dropout", 0.0)) != settings.condition_dropout:
+            from models.training.data import TrainingDataError
+
+            raise TrainingDataError(
+                f"{checkpoint_path} was trained with condition dropout {state.get('condition_dropout', 0.0)}, not "
+                f"{settings.condition_dropout}: resume with the same, or start a new model directory"
+            )
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -136,7 +153,11 @@ def train_diffusion(
         latents = ((mu[index] + sigma[index] * eps_latent) * scale_factor).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         timesteps = torch.randint(0, s.num_train_timesteps, (settings.batch_size,), generator=generator).to(device)
-        conditioning = data.conditioning[index].to(device)
+        conditioning = data.conditioning[index]
+        if settings.condition_dropout > 0:  # drawn only then, so runs without dropout keep their random stream
+            dropped = torch.rand(settings.batch_size, generator=generator) < settings.condition_dropout
+            conditioning = torch.where(dropped[:, None], null, conditioning)
+        conditioning = conditioning.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         channels = conditioning[:, :, None, None, None].expand(-1, -1, *latent_spatial)
         with autocast:
@@ -162,9 +183,14 @@ def train_diffusion(
                     "optimizer": optimizer.state_dict(),
                     "generator": generator.get_state(),
                     "scale_factor": scale_factor,
+                    "condition_dropout": settings.condition_dropout,
                 },
             )
         if callback is not None:
             callback(done, settings.steps, {"mse": loss.item()})
-    register_weights(model_dir, "unet", ema.cpu(), UNET_FILE, scale_factor=scale_factor)
+    guidance = None
+    if settings.condition_dropout > 0:  # keep a default scale chosen earlier for the same dropout
+        kept = config.guidance.default_scale if config.guidance is not None else 1.0
+        guidance = GuidanceConfig(condition_dropout=settings.condition_dropout, default_scale=kept)
+    register_weights(model_dir, "unet", ema.cpu(), UNET_FILE, scale_factor=scale_factor, guidance=guidance)
     return model_dir / UNET_FILE

@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from models.catalogue.config import GuidanceConfig
 from service.client import BrainSynthClient
 from service.localstack import free_port
 from service.stack import LocalStack
-from tests.conftest import make_model_dir
+from tests.conftest import make_model_dir, tiny_config
 
 KEYS = {f"lab-{c}": f"key-{c}" for c in "abcdefghi"}
 MAX_ACTIVE = 3
@@ -34,6 +35,9 @@ def wait_for(predicate: Callable[[], object], timeout: float = 120.0, what: str 
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     run = tmp_path_factory.mktemp("e2e")
     make_model_dir(run / "models" / "tiny")
+    # the same networks, trained (so model.json says) with condition dropout: it samples with guidance
+    guided = tiny_config("tiny-cfg").model_copy(update={"guidance": GuidanceConfig(condition_dropout=0.1)})
+    make_model_dir(run / "models" / "tiny-cfg", guided)
     local = LocalStack(
         run / "data",
         KEYS,

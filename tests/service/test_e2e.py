@@ -467,3 +467,27 @@ def test_the_workers_regenerate_subjects_outside_tolerance_as_locally(client: Br
     for pid in ("sub-000001", "sub-000002"):
         path = f"{pid}/anat/{pid}_T1w.nii.gz"
         assert (dataset / path).read_bytes() == (local / path).read_bytes()
+
+
+def test_a_guided_cohort_is_sampled_and_recorded_as_locally(
+    stack: LocalStack, client: BrainSynthClient, tmp_path: Path
+) -> None:
+    """Classifier-free guidance in the service: the request's scale reaches the worker, participants.tsv and
+    the sidecars record it, and the images are `brainsynth sample --guidance`'s, byte for byte."""
+    from brainsynth.cli import main
+
+    body = {"model": "tiny-cfg", "n_subjects": 2, "seed": 8, "sampler": {"name": "ddim", "steps": 3}, "guidance": 2.5}
+    cohort = client.submit(body)
+    assert cohort["request"]["guidance"] == 2.5
+    assert client.wait(cohort["id"], timeout=300)["status"] == "succeeded"
+    dataset = client.download(cohort["id"], tmp_path / "served")
+    rows = list(csv.DictReader((dataset / "participants.tsv").read_text().splitlines(), delimiter="\t"))
+    assert {row["guidance"] for row in rows} == {"2.5"}
+    local = tmp_path / "local"
+    model_dir = stack.settings["BRAINSYNTH_MODELS_DIR"] + "/tiny-cfg"
+    assert main(["sample", "--model", model_dir, "--n", "2", "--seed", "8", "--steps", "3", "--batch-size", "2",
+                 "--guidance", "2.5", "--out", str(local)]) == 0  # fmt: skip
+    for pid in ("sub-000001", "sub-000002"):
+        path = f"{pid}/anat/{pid}_T1w.nii.gz"
+        assert (dataset / path).read_bytes() == (local / path).read_bytes()
+    assert (local / "participants.tsv").read_text() == (dataset / "participants.tsv").read_text()

@@ -72,6 +72,7 @@ def test_models_route_describes_each_model_and_only_the_samplers_it_can_run(clie
     assert set(models["tiny"]["samplers"]) == {"ddim", "ddpm", "pndm", "dpmpp2m"}
     assert models["tiny"]["samplers"]["dpmpp2m"] == {"default_steps": 15}
     assert set(models["tiny-x0"]["samplers"]) == {"ddim", "ddpm", "dpmpp2m"}  # PLMS has no x0 parameterisation
+    assert models["tiny"]["guidance"] == {"default": 1.0, "min": 1.0, "max": 1.0}  # no condition dropout
 
 
 def test_a_cohort_through_every_route_of_its_router(client: TestClient) -> None:
@@ -211,4 +212,9 @@ def test_the_measure_is_chosen_per_model_and_an_unavailable_one_is_a_422_naming_
     ):
         refused = _submit(client, {"model": "tiny", "n_subjects": 1, **body})
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "max_attempts"]
+        assert says in refused.json()["detail"][0]["msg"]
+    for guidance, says in ((2.0, "not trained for classifier-free guidance"), (11, "less than or equal"),
+                           ("strong", "valid number")):  # fmt: skip
+        refused = _submit(client, {"model": "tiny", "n_subjects": 1, "guidance": guidance})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "guidance"]
         assert says in refused.json()["detail"][0]["msg"]

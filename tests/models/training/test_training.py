@@ -104,6 +104,23 @@ def test_two_stage_training_resumes_and_samples(
     source_unet = torch.load(model_dir / "model.pt", weights_only=True)
     tuned_unet = torch.load(tuned / "model.pt", weights_only=True)
     assert max((source_unet[k] - tuned_unet[k]).abs().max().item() for k in source_unet) < 1e-6
+    assert tuned_config.guidance is None  # trained without condition dropout: guidance 1 only
+
+    # Condition dropout (classifier-free guidance): model.json records it; a resume must keep it; the model
+    # then samples at any scale, and the scale is recorded per subject.
+    guided = tmp_path / "guided"
+    cfg = ["--data", str(phantom_set), "--model-dir", str(guided), "--batch-size", "2", "--device", "cpu"]
+    assert main(["train", "diffusion", *cfg, "--init-from", str(model_dir), "--steps", "2",
+                 "--condition-dropout", "0.5"]) == 0  # fmt: skip
+    guidance = read_model_config(guided).guidance
+    assert guidance is not None and guidance.condition_dropout == 0.5 and guidance.null_condition == (-1, -1, -1, -1)
+    assert main(["train", "diffusion", *cfg, "--steps", "3", "--condition-dropout", "0.2"]) == 1  # refused
+    assert main(["train", "diffusion", *cfg, "--steps", "3", "--condition-dropout", "1.5"]) == 2
+    out = tmp_path / "guided-cohort"
+    assert main(["sample", "--model", str(guided), "--n", "1", "--seed", "1", "--steps", "2", "--guidance", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    (row,) = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
+    assert row["guidance"] == "3.0"
 
 
 def test_training_data_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
