@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", type=Path, help="the training data, for MS-SSIM of real pairs")
     evaluate.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     evaluate.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    evaluate.add_argument(
+        "--guidance", type=float, nargs="+", metavar="W",
+        help="classifier-free guidance scale (default: the model's); several make a sweep: one report per scale "
+        "(guidance-W/) and sweep.md/.json with sweep-guidance.png",
+    )  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=4, help="default 4")
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
 
@@ -178,13 +184,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.n < 2:
         raise UsageError(f"--n must be at least 2 (a correlation needs pairs), got {args.n}")
     model_dir = resolve_model_dir(args.model)
+    config = read_model_config(model_dir, check_networks=False)
+    scales = args.guidance or [None]
+    for scale in scales:  # checked before torch loads
+        config.guidance_scale(scale)
     probe = VolumeProbe.load(args.probe or model_dir)
     pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
     settings = EvaluationSettings(n=args.n, seed=args.seed, steps=args.steps, batch_size=args.batch_size)
-    report = evaluate(
-        pipeline, probe, settings, args.out, training_data=args.data,
-        callback=lambda message: print(f"evaluate: {message}", file=sys.stderr),
-    )  # fmt: skip
+
+    def say(message: str) -> None:
+        print(f"evaluate: {message}", file=sys.stderr)
+
+    if len(scales) > 1:
+        from models.evaluation.evaluate import guidance_sweep
+
+        guidance_sweep(pipeline, probe, settings, [float(s) for s in scales], args.out, training_data=args.data,
+                       callback=say)  # fmt: skip
+        print((args.out / "sweep.md").read_text())
+        print(f"sweep: {(args.out / 'sweep.md').resolve()}")
+        return 0
+    report = evaluate(pipeline, probe, replace(settings, guidance=scales[0]), args.out, training_data=args.data,
+                      callback=say)  # fmt: skip
     print((args.out / "report.md").read_text())
     print(f"report: {(args.out / 'report.md').resolve()}")
     return 0 if report else 1
@@ -210,8 +230,6 @@ def _adopt_autoencoder(source_dir: Path, model_dir: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from tqdm import tqdm
 
     from models.inference.pipeline import resolve_device

@@ -43,6 +43,8 @@ class EvaluationSettings:
     steps: int = 50
     batch_size: int = 4
     pairs: int = 50
+    #: classifier-free guidance scale (``None``: the model's default)
+    guidance: float | None = None
 
 
 def _images(samples: list[SubjectSample]) -> torch.Tensor:
@@ -98,6 +100,7 @@ def _sweep(
         [seed] * len(covariates),
         sampler=settings.sampler,
         num_inference_steps=settings.steps,
+        guidance=settings.guidance,
         batch_size=settings.batch_size,
     )
     measured = probe.measure(_images(samples))
@@ -139,9 +142,8 @@ def evaluate(
     ]
     seeds = [subject_seed(settings.seed, i) for i in range(settings.n)]
     say(f"sampling {settings.n} subjects across the probe's volume range")
-    samples = pipeline(
-        requested, seeds, sampler=settings.sampler, num_inference_steps=settings.steps, batch_size=settings.batch_size
-    )
+    samples = pipeline(requested, seeds, sampler=settings.sampler, num_inference_steps=settings.steps,
+                       guidance=settings.guidance, batch_size=settings.batch_size)  # fmt: skip
     generated = _images(samples)
     measured = probe.measure(generated)
     fidelity = {
@@ -180,7 +182,7 @@ def evaluate(
     )  # fmt: skip
     report = {
         "model": {"name": pipeline.config.name, "version": pipeline.config.version},
-        "settings": settings.__dict__,
+        "settings": {**settings.__dict__, "guidance": pipeline.config.guidance_scale(settings.guidance)},
         "probe": {
             "validation": info.validation,
             "ventricular_range_mm3": info.ventricular_range_mm3,
@@ -204,7 +206,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation of {report['model']['name']} {report['model']['version']}",
         "",
-        f"{s['n']} subjects, seed {s['seed']}, {s['sampler']} {s['steps']} steps; volumes measured with the "
+        f"{s['n']} subjects, seed {s['seed']}, {s['sampler']} {s['steps']} steps, guidance {s['guidance']:g}; volumes "
+        "measured with the "
         "volume probe (models/evaluation/volumes.py) whose accuracy on held-out phantoms is given first.",
         "",
         "| measure | value | paper | target |",
@@ -229,3 +232,64 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _sweep_row(r: dict[str, Any]) -> str:
+    gap = "-" if r["ms_ssim_gap"] is None else r["ms_ssim_gap"]
+    return (f"| {r['guidance']:g} | {r['ventricles_pearson_r']} | {r['ventricles_mae_mm3']} | {r['brain_pearson_r']} "
+            f"| {r['brain_mae_mm3']} | {r['ms_ssim_generated']} | {gap} |")  # fmt: skip
+
+
+def guidance_sweep(
+    pipeline: BrainLDMPipeline,
+    probe: VolumeProbe,
+    settings: EvaluationSettings,
+    scales: list[float],
+    out_dir: Path,
+    *,
+    training_data: Path | None = None,
+    callback: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate` at each classifier-free guidance scale (one report folder ``guidance-W`` each, the same
+    subjects and seeds), then ``sweep.json``/``sweep.md`` (one row per scale: ventricle and brain r and MAE,
+    MS-SSIM and its gap) and ``sweep-guidance.png`` (the ventricular volume sweep at each scale, stacked)."""
+    from dataclasses import replace
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = callback or (lambda _message: None)
+    rows = []
+    for scale in scales:
+        say(f"guidance {scale:g}")
+        folder = out_dir / f"guidance-{scale:g}"
+        report = evaluate(pipeline, probe, replace(settings, guidance=scale), folder, training_data=training_data,
+                          callback=callback)  # fmt: skip
+        f, d = report["conditioning_fidelity"], report["diversity"]
+        rows.append({"guidance": scale, "ventricles_pearson_r": f["ventricles"]["pearson_r"],
+                     "ventricles_mae_mm3": f["ventricles"]["mae_mm3"], "brain_pearson_r": f["brain"]["pearson_r"],
+                     "brain_mae_mm3": f["brain"]["mae_mm3"], "ms_ssim_generated": d["ms_ssim_generated"],
+                     "ms_ssim_gap": d.get("gap")})  # fmt: skip
+    (out_dir / "sweep.json").write_text(json.dumps({"settings": settings.__dict__, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# Guidance sweep of {pipeline.config.name} {pipeline.config.version}",
+        "",
+        f"{settings.n} subjects, seed {settings.seed}, {settings.sampler} {settings.steps} steps; the same subjects "
+        "and seeds at every scale; volumes by the volume probe.",
+        "",
+        "| guidance | ventricles r | ventricles MAE mm3 | brain r | brain MAE mm3 | MS-SSIM generated | MS-SSIM gap |",
+        "|---|---|---|---|---|---|---|",
+        *(_sweep_row(r) for r in rows),
+        "",
+        "![ventricular volume sweep at each guidance scale](sweep-guidance.png)",
+        "",
+    ]
+    (out_dir / "sweep.md").write_text("\n".join(lines))
+    strips = [Image.open(out_dir / f"guidance-{scale:g}" / "sweep-ventricles.png") for scale in scales]
+    canvas = Image.new("L", (max(i.width for i in strips), sum(i.height for i in strips)), color=0)
+    top = 0
+    for scale, strip in zip(scales, strips, strict=True):
+        canvas.paste(strip, (0, top))
+        ImageDraw.Draw(canvas).text((canvas.width - 90, top + 2), f"guidance {scale:g}", fill=255)
+        top += strip.height
+    canvas.save(out_dir / "sweep-guidance.png")
+    return rows

@@ -87,3 +87,30 @@ def test_evaluate_writes_a_report_and_sweeps(setup: dict[str, Path], tmp_path: P
         with Image.open(out / name) as image:
             assert image.size[0] == 5 * CONFIG.image_shape[0] * 4  # five columns, 4x magnified
     assert "| ventricles: Pearson r" in (out / "report.md").read_text()
+
+
+def test_evaluate_sweeps_guidance_scales(setup: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    if not (setup["probe"] / "volume_probe.json").exists():
+        pytest.skip("needs the probe trained by an earlier test")
+    from models.catalogue.config import GuidanceConfig
+
+    common = ["--n", "3", "--probe", str(setup["probe"]), "--steps", "2", "--device", "cpu"]
+    refused = ["evaluate", "--model", str(setup["model"]), "--out", str(tmp_path / "x"), "--guidance", "1", "2"]
+    assert main([*refused, *common]) == 2 and "--guidance" in capsys.readouterr().err
+    guided = make_model_dir(tmp_path / "guided8", CONFIG.model_copy(update={"guidance": GuidanceConfig(
+        condition_dropout=0.1)}))  # fmt: skip
+    out = tmp_path / "sweep"
+    assert main(["evaluate", "--model", str(guided), "--out", str(out), "--guidance", "1", "3", *common]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [row["guidance"] for row in sweep["rows"]] == [1.0, 3.0]
+    one = json.loads((out / "guidance-1" / "report.json").read_text())
+    three = json.loads((out / "guidance-3" / "report.json").read_text())
+    assert one["settings"]["guidance"] == 1.0 and three["settings"]["guidance"] == 3.0
+    assert sweep["rows"][1]["ventricles_pearson_r"] == three["conditioning_fidelity"]["ventricles"]["pearson_r"]
+    with (
+        Image.open(out / "sweep-guidance.png") as stacked,
+        Image.open(out / "guidance-3" / "sweep-ventricles.png") as one_strip,
+    ):
+        assert stacked.height == 2 * one_strip.height
+    assert "| 3 |" in (out / "sweep.md").read_text()
