@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.baseline import bundle_loop
+from models.catalogue.config import GuidanceConfig
 from models.catalogue.registry import resolve_model_dir
 from models.cohort.conditioning import Covariates
 from models.cohort.design import subject_seed
@@ -152,6 +153,25 @@ def sampling_rows(pipeline: BrainLDMPipeline, n: int, probe: Any, say: Callable[
             extra["ventricles_r"] = reference_r
             batch8 = samples
         rows.append(_row(f"project sampler, ddim 50, batch {batch}", n, seconds, mib, **extra))
+    # Classifier-free guidance doubles the UNet's batch (both branches in one call), not the decode. A model
+    # without condition dropout is timed as if it had it (its cost; its fidelity under guidance means nothing).
+    unguided_seconds = next(r["s_per_brain"] for r in rows if r["row"] == "project sampler, ddim 50, batch 8")
+    trained_for_guidance = config.guidance is not None
+    as_guided = (
+        config
+        if trained_for_guidance
+        else config.model_copy(update={"guidance": GuidanceConfig(condition_dropout=0.1)})
+    )
+    guided = BrainLDMPipeline(as_guided, pipeline.autoencoder, pipeline.unet, pipeline.device, pipeline.execution)
+    for scale in (1.5, 3.0):
+        say(f"ddim 50, batch 8, guidance {scale:g}")
+        samples, seconds, mib = _timed(
+            lambda scale=scale: guided(covariates, seeds, num_inference_steps=50, batch_size=8, guidance=scale)
+        )
+        extra = {"speedup": round(base_per / (seconds / n), 2),
+                 "cost_vs_unguided": round((seconds / n) / unguided_seconds, 2)}  # fmt: skip
+        extra["ventricles_r"] = fidelity(samples) if trained_for_guidance else "n/a: not trained for guidance"
+        rows.append(_row(f"ddim 50, batch 8, guidance {scale:g}", n, seconds, mib, **extra))
     # bf16 is a GPU feature; on a CPU (slow bf16 kernels) two brains measure its error against float32.
     width = n if pipeline.device.type == "cuda" else 2
     say(f"ddim 50, bf16 autocast, {width} brains, batch {min(width, 8)}")
