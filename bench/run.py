@@ -419,6 +419,8 @@ def format_table(rows: list[dict]) -> str:
                "max_abs_diff_vs_whole", "warm_up_s", "s_per_subject", "gzip_ratio", "sampling_alone_s_per_subject",
                "sampling_share_percent", "mb_per_s", "peak_rss_mib", "subjects_per_min"]  # fmt: skip
     used = [c for c in columns if any(c in r for r in rows)]
+    for r in rows:  # a column no list above names is shown too, after them
+        used += [c for c in r if c not in used and c not in columns]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for r in rows:
         cells = []

@@ -93,6 +93,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     phantoms.add_argument("--seed", type=int, required=True, help="cohort seed (phantom seeds derive from it)")
     phantoms.add_argument("--out", type=Path, required=True, help="output BIDS folder (new or empty)")
     phantoms.add_argument("--model", default="demo", help="model (name or directory) whose grid to use; default demo")
+    phantoms.add_argument(
+        "--range-fraction", type=float, metavar="F",
+        help="share of phantoms drawn evenly over the model's accepted ranges, the rest like the UK Biobank "
+        "cohort (default 0.4; 0: all like the UK Biobank, as before)",
+    )  # fmt: skip
     train = commands.add_parser(
         "train", help="train a model's autoencoder, then its diffusion UNet (or the volume probe)"
     )
@@ -336,16 +341,20 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     try:
-        from models.training.phantoms import write_phantom_cohort
+        from models.training.phantoms import DEFAULT_RANGE_FRACTION, write_phantom_cohort
     except ImportError as err:
         raise UsageError(f"phantoms need the training extras: pip install 'brainsynth[train]' ({err})") from err
     entry = next((e for e in list_models() if e.name == args.model), None)
     config = entry.config if entry else read_model_config(resolve_model_dir(args.model))
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    fraction = DEFAULT_RANGE_FRACTION if args.range_fraction is None else args.range_fraction
+    if not 0 <= fraction <= 1:
+        raise UsageError(f"--range-fraction must be between 0 and 1, got {fraction}")
     require_empty_folder(args.out, "--out")
     with tqdm(total=args.n, unit="phantom", desc="phantoms", file=sys.stderr) as bar:
-        write_phantom_cohort(args.n, args.seed, args.out, config, callback=lambda done, _t: bar.update(done - bar.n))
+        write_phantom_cohort(args.n, args.seed, args.out, config, range_fraction=fraction,
+                             callback=lambda done, _t: bar.update(done - bar.n))  # fmt: skip
     print(f"wrote {args.n} phantoms on the {config.name} grid to {args.out.resolve()}")
     return 0
 

@@ -28,6 +28,8 @@ def test_table_lists_only_columns_in_use() -> None:
     assert "| a | 1.5 |  |" in table
     whole = format_table([{"row": "whole process", "wall_s": 5.1, "speedup": 1.8}])
     assert whole.splitlines()[0] == "| row | wall_s | speedup |"  # every column a row uses is shown
+    guided = format_table([{"row": "g", "s_per_brain": 1.4, "cost_vs_unguided": 1.86}])
+    assert guided.splitlines()[0] == "| row | s_per_brain | cost_vs_unguided |"  # one the list does not name
 
 
 def test_io_rows_time_a_real_worker_task(tiny_model_dir: Path) -> None:

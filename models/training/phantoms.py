@@ -14,6 +14,12 @@ a chain of smooth deformations chosen from covariates drawn like the UK Biobank 
 4. intensity variation: a smooth multiplicative bias field, a gamma contrast change and Rician-like noise,
    then scaled to [0, 1] by the 99.5th percentile.
 
+The mix (issue 20): by default 40 % of the phantoms are built towards covariates drawn evenly over the
+model's accepted ranges (age, ventricles and brain uniform and independent, half female), the rest like the
+UK Biobank cohort above, so a model trained on them has seen every value it accepts while most of its data
+keeps the population's shape and correlations. Brain volumes above the template's own (about 1.68 million
+mm3 of grey + white matter) cannot be built: atrophy removes tissue, it never adds it.
+
 Volumes are measured on the deformed tissue and ventricle maps, sampled at twice the output resolution:
 ``ventricular_volume_mm3`` is the ventricles' volume at the phantom's own size (like UKB field 25004);
 ``brain_volume_mm3`` is grey + white matter divided by g**3, i.e. normalised for head size (like field
@@ -31,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from models.catalogue.config import ModelConfig
-from models.cohort.conditioning import Covariates, normalise
+from models.cohort.conditioning import ConditioningRanges, Covariates, normalise
 from models.cohort.design import participant_id, subject_seed
 from models.cohort.nifti import to_nifti, write_nifti_gz
 from models.dataset.bids import (
@@ -49,6 +55,10 @@ from models.errors import ConditioningError
 
 #: Phantoms are sampled at this many points per output voxel and axis, then averaged.
 _SUPERSAMPLE = 2
+#: Radius (mm) of the Gaussian weight that blends the ventricles' scaling into the identity around them.
+_VENTRICLE_BLEND_MM = 40.0
+#: The radial scalings of the ventricles the bisection searches (shrunk to ~5,000 mm3, grown past 65,000).
+_VENTRICLE_SCALES = (0.2, 5.0)
 
 
 @dataclass(frozen=True)
@@ -115,12 +125,28 @@ class PhantomTargets:
     head_scale: float
 
 
-def draw_targets(rng: np.random.Generator) -> PhantomTargets:
-    """Covariates drawn like the paper's UK Biobank cohort (section 2.1), with volume trends by age and sex.
+#: Share of phantoms drawn evenly over a model's accepted ranges (the rest are drawn like the UK Biobank
+#: cohort): without them a model trained on phantoms sees ventricles of 9-35k mm3 only and extrapolates over
+#: most of the 5-65k it accepts (issue 20).
+DEFAULT_RANGE_FRACTION = 0.4
+
+
+def draw_targets(
+    rng: np.random.Generator, ranges: ConditioningRanges | None = None, range_fraction: float = 0.0
+) -> PhantomTargets:
+    """Covariates drawn like the paper's UK Biobank cohort (section 2.1), with volume trends by age and sex, or,
+    for a share ``range_fraction`` of phantoms, evenly over ``ranges`` (age, ventricles and brain uniform and
+    independent, sex half and half), so a model trained on them sees its whole accepted range.
 
     Ventricles: log-normal, median 20,000 mm3 at 63.6 years, x1.04 per year, x1.22 for males.
     Brain (head-size normalised): 1.50e6 mm3 at 63.6 years, -4,000 mm3 per year, sd 60,000 mm3.
     """
+    if ranges is not None and range_fraction > 0 and rng.random() < range_fraction:
+        age = float(rng.uniform(ranges.age.min, ranges.age.max))
+        sex = "M" if rng.random() < 0.5 else "F"
+        ventricles = float(rng.uniform(ranges.ventricular_volume_mm3.min, ranges.ventricular_volume_mm3.max))
+        brain = float(rng.uniform(ranges.brain_volume_mm3.min, ranges.brain_volume_mm3.max))
+        return PhantomTargets(sex, round(age, 2), ventricles, brain, float(rng.uniform(0.92, 1.08)))
     age = float(np.clip(rng.normal(63.6, 7.5), 44.0, 82.0))
     sex = "M" if rng.random() < 0.47 else "F"
     male = 1.0 if sex == "M" else 0.0
@@ -207,23 +233,31 @@ def make_phantom(
     q = p / targets.head_scale
     for axis in range(3):
         q[axis] += _smooth_field(rng, fine_shape, 6, 2.0)
-    # 1. ventricles: radial scaling s about their centroid, blended by a smooth weight.
-    baseline = float(template.ventricles.sum())
-    native_target = targets.ventricular_volume_mm3 / targets.head_scale**3
-    # The blended map magnifies less than a uniform scaling would; a gain of 1.8 on the deviation from 1
-    # brings the measured volume close to the target (measured, not assumed: the covariate is measured).
-    scale = float(np.clip(1.0 + 1.8 * ((native_target / baseline) ** (1 / 3) - 1.0), 0.6, 2.8))
+    # 1. ventricles: radial scaling s about their centroid, blended by a smooth weight; s is found by bisection
+    # so that the ventricles measure their target (the blend magnifies less than a uniform scaling would).
     offset = (template.ventricle_centre_mm - template.brain_centre_mm).astype(np.float32)
     rel = q - offset[:, None, None, None]
-    radius = np.sqrt((rel**2).sum(0))
-    weight = np.exp(-((radius / 35.0) ** 2))
-    q = offset[:, None, None, None] + rel / (1.0 + (scale - 1.0) * weight)
-
-    # Sample the template maps at the pulled points.
-    template_world = q + template.brain_centre_mm[:, None, None, None].astype(np.float32)
+    weight = np.exp(-((np.sqrt((rel**2).sum(0)) / _VENTRICLE_BLEND_MM) ** 2))
     inverse = np.linalg.inv(template.affine)
-    coords = np.einsum("ij,j...->i...", inverse[:3, :3].astype(np.float32), template_world)
-    coords += inverse[:3, 3, None, None, None].astype(np.float32)
+    fine_voxel_mm3 = float(abs(np.linalg.det(fine_affine[:3, :3])))
+
+    def coordinates(scale: float) -> np.ndarray:
+        """Template voxel coordinates of the fine grid's points under ventricle scaling ``scale``."""
+        pulled = offset[:, None, None, None] + rel / (1.0 + (scale - 1.0) * weight)
+        template_world = pulled + template.brain_centre_mm[:, None, None, None].astype(np.float32)
+        coords = np.einsum("ij,j...->i...", inverse[:3, :3].astype(np.float32), template_world)
+        return coords + inverse[:3, 3, None, None, None].astype(np.float32)
+
+    def ventricle_volume(scale: float) -> float:
+        pulled = ndimage.map_coordinates(template.ventricles, coordinates(scale), order=1, mode="constant")
+        return float(pulled.sum()) * fine_voxel_mm3
+
+    low, high = np.log(_VENTRICLE_SCALES[0]), np.log(_VENTRICLE_SCALES[1])
+    for _ in range(12):  # the volume grows with the scale: bisect its logarithm
+        middle = (low + high) / 2
+        low, high = (middle, high) if ventricle_volume(float(np.exp(middle))) < targets.ventricular_volume_mm3 else (
+            low, middle)  # fmt: skip
+    coords = coordinates(float(np.exp((low + high) / 2)))
 
     def pull(volume: np.ndarray) -> np.ndarray:
         return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=0.0)
@@ -232,7 +266,6 @@ def make_phantom(
 
     # 2. atrophy: erode tissue where it meets CSF so the head-size-normalised brain volume approaches its
     # target; deep white matter (tissue fraction 1) is kept, so the loss widens sulci and thins cortex.
-    fine_voxel_mm3 = float(abs(np.linalg.det(fine_affine[:3, :3])))
     normalise_head = targets.head_scale**3
     tissue = grey + white
     eroded = erode_tissue(tissue, targets.brain_volume_mm3 * normalise_head / fine_voxel_mm3)
@@ -265,12 +298,16 @@ def write_phantom_cohort(
     out_dir: Path,
     config: ModelConfig,
     callback: Callable[[int, int], None] | None = None,
+    range_fraction: float = DEFAULT_RANGE_FRACTION,
 ) -> Path:
     """Write ``n_subjects`` phantoms on the grid of ``config`` as a BIDS dataset (new or empty folder).
 
     participants.tsv holds the measured covariates; each sidecar also records the targets and the seed.
-    Phantom ``i`` uses ``numpy.random.default_rng(subject_seed(seed, i))``.
+    Phantom ``i`` uses ``numpy.random.default_rng(subject_seed(seed, i))``; a share ``range_fraction`` of them
+    is drawn evenly over ``config``'s accepted ranges (:func:`draw_targets`; 0: all like the UK Biobank).
     """
+    if not 0 <= range_fraction <= 1:
+        raise ConditioningError("range_fraction", f"must be between 0 and 1, got {range_fraction}")
     if not 1 <= n_subjects <= 100_000:
         raise ConditioningError("n_subjects", f"must be between 1 and 100000, got {n_subjects}")
     out_dir = require_empty_folder(out_dir)
@@ -292,7 +329,9 @@ def write_phantom_cohort(
     (out_dir / "README").write_text(
         f"# {description['Name']}\n\nPhantoms made from the MNI152 2009a template (as shipped by nilearn) by "
         "`brainsynth phantoms`: not scans of people. participants.tsv holds volumes measured on each phantom's "
-        "deformed tissue and ventricle maps; each sidecar records the targets and the seed.\n"
+        "deformed tissue and ventricle maps; each sidecar records the targets and the seed. "
+        f"{range_fraction:.0%} of the phantoms were built towards covariates drawn evenly over the model's accepted "
+        "ranges, the others like the UK Biobank cohort.\n"
     )
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     affine = np.asarray(config.affine)
@@ -300,7 +339,9 @@ def write_phantom_cohort(
     records = []
     for index in range(n_subjects):
         subject = subject_seed(seed, index)
-        phantom = make_phantom(np.random.default_rng(subject), config.image_shape, affine)
+        rng = np.random.default_rng(subject)
+        targets = draw_targets(rng, config.conditioning, range_fraction)
+        phantom = make_phantom(rng, config.image_shape, affine, targets)
         pid = participant_id(index)
         conditioning = normalise(phantom.covariates, config.conditioning, extrapolate=True)
         records.append(SubjectRecord(pid, phantom.covariates, conditioning, subject))

@@ -86,3 +86,29 @@ def test_atrophy_is_visible_after_intensity_normalisation() -> None:
     inside = normal.image > 0.05
     bright = [float((p.image[inside] > 0.5).mean()) for p in (normal, atrophic)]
     assert bright[1] < bright[0] - 0.05
+
+
+def test_a_share_of_phantoms_covers_the_models_whole_range() -> None:
+    """draw_targets: with range_fraction 1 every phantom's targets are uniform over the accepted ranges (so the
+    ends of the range are in the training data); with 0 the UK Biobank shape alone, as before (same stream)."""
+    from models.catalogue.presets import demo
+    from models.training.phantoms import draw_targets
+
+    ranges = demo().conditioning
+    spread = [draw_targets(np.random.default_rng(seed), ranges, 1.0) for seed in range(400)]
+    ventricles = np.array([t.ventricular_volume_mm3 for t in spread])
+    brains = np.array([t.brain_volume_mm3 for t in spread])
+    vent, brain = ranges.ventricular_volume_mm3, ranges.brain_volume_mm3
+    assert vent.min <= ventricles.min() < vent.min + 0.05 * (vent.max - vent.min)
+    assert vent.max - 0.05 * (vent.max - vent.min) < ventricles.max() <= vent.max
+    assert brain.min <= brains.min() and brains.max() <= brain.max
+    assert np.histogram(ventricles, bins=4, range=(vent.min, vent.max))[0].min() > 70  # even: ~100 a quarter
+    population = [draw_targets(np.random.default_rng(seed)) for seed in range(400)]
+    assert [draw_targets(np.random.default_rng(seed), ranges, 0.0) for seed in range(400)] == population
+    assert 15_000 < np.median([t.ventricular_volume_mm3 for t in population]) < 25_000  # the UK Biobank shape
+    # the default mix: each phantom's first draw picks its kind, ~40 % over the range
+    mixed = np.array([draw_targets(np.random.default_rng(seed), ranges, 0.4).ventricular_volume_mm3
+                      for seed in range(400)])  # fmt: skip
+    over_range = np.array([np.random.default_rng(seed).random() < 0.4 for seed in range(400)])
+    assert 0.3 < over_range.mean() < 0.5
+    assert np.mean(mixed[over_range] > 45_000) > 2 * np.mean(mixed[~over_range] > 45_000)
