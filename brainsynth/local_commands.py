@@ -23,7 +23,14 @@ from models.catalogue.registry import (
     resolve_model_dir,
     user_models_dir,
 )
-from models.cohort.design import DEFAULT_BATCH_SIZE, DEFAULT_STEPS, MAX_ATTEMPTS_LIMIT, check_sampler, unprintable
+from models.cohort.design import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_STEPS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_GUIDANCE,
+    check_sampler,
+    unprintable,
+)
 from models.dataset.bids import DEFAULT_QC_TOLERANCE, require_empty_folder
 from models.dataset.segmentation import Samseg, SegmentationError
 from models.inference.execution import Execution
@@ -111,6 +118,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         sub.add_argument("--name", help="the model's name in model.json and every cohort (default: --model-dir's name)")
         sub.add_argument("--version", dest="model_version", help="the model's version (default 0.1.0 for a new one)")
         sub.add_argument("--description", help="what the model is (default: its preset and training data)")
+        sub.add_argument("--intended-use", help="what the model may be used for (default: research use only)")
         sub.add_argument("--steps", type=int, default=default_steps, help=f"optimiser steps (default {default_steps})")
         sub.add_argument("--batch-size", type=int, default=default_batch, help=f"default {default_batch}")
         sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
@@ -126,6 +134,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                 "--condition-dropout", type=float, default=0.0, metavar="P",
                 help="train on the null condition with probability P (classifier-free guidance; model.json records "
                 "it, and the model then samples with --guidance W); default 0: no guidance support",
+            )  # fmt: skip
+            sub.add_argument(
+                "--default-guidance", type=float, metavar="W",
+                help="the guidance scale cohorts get when they name none (model.json; with --condition-dropout; "
+                "default 1, or the one model.json already records)",
             )  # fmt: skip
     probe = stages.add_parser("volumes", help="train the volume probe that `evaluate` measures with (phantoms)")
     probe.set_defaults(run=_cmd_train_volumes)
@@ -247,6 +260,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     if not 0 <= getattr(args, "condition_dropout", 0.0) < 1:
         raise UsageError(f"--condition-dropout must be in [0, 1), got {args.condition_dropout}")
+    if getattr(args, "default_guidance", None) is not None:
+        if not args.condition_dropout > 0:
+            raise UsageError("--default-guidance needs --condition-dropout P > 0: a model trained without it "
+                             "samples at guidance 1 only")  # fmt: skip
+        if not 0 <= args.default_guidance <= MAX_GUIDANCE:
+            raise UsageError(f"--default-guidance must be between 0 and {MAX_GUIDANCE:g}, got {args.default_guidance}")
     device = resolve_device(args.device)
     _prepare_model_dir(args)
     init_from = resolve_model_dir(args.init_from) if getattr(args, "init_from", None) else None
@@ -259,6 +278,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["init_from"] = init_from
     if args.stage == "diffusion":
         overrides["condition_dropout"] = args.condition_dropout
+        overrides["default_guidance"] = args.default_guidance
     if args.lr is not None:
         overrides["lr"] = args.lr
     with tqdm(total=args.steps, unit="step", desc=f"training {args.stage}", file=sys.stderr) as bar:
@@ -293,7 +313,12 @@ def _prepare_model_dir(args: argparse.Namespace) -> None:
     model_dir: Path = args.model_dir
     identity = {
         key: value
-        for key, value in (("name", args.name), ("version", args.model_version), ("description", args.description))
+        for key, value in (
+            ("name", args.name),
+            ("version", args.model_version),
+            ("description", args.description),
+            ("intended_use", args.intended_use),
+        )
         if value is not None
     }
     if not (model_dir / MODEL_JSON).is_file():
@@ -321,7 +346,8 @@ def _prepare_model_dir(args: argparse.Namespace) -> None:
 
 
 def _record_training(args: argparse.Namespace, subjects: int, init_from: Path | None) -> None:
-    """Append this run's provenance (data folder, subjects, participants.tsv hash) to ``model.json``."""
+    """Append this run's provenance (data folder, subjects, participants.tsv hash) to ``model.json``; a run that
+    repeats the last one exactly (resumed at its end: nothing trained) is not appended again."""
     from models.catalogue.config import TrainingProvenance, write_model_config
     from models.catalogue.weights import sha256_file
 
@@ -334,6 +360,8 @@ def _record_training(args: argparse.Namespace, subjects: int, init_from: Path | 
         steps=args.steps,
         init_from=str(init_from) if init_from is not None else None,
     )
+    if config.training and config.training[-1] == run:
+        return
     write_model_config(args.model_dir, config.model_copy(update={"training": (*config.training, run)}))
 
 

@@ -57,6 +57,8 @@ class DiffusionSettings:
     init_from: Path | None = None
     #: probability of training a sample on the null condition (0: no classifier-free guidance support)
     condition_dropout: float = 0.0
+    #: the guidance scale model.json offers by default (``None``: keep the recorded one, else 1)
+    default_guidance: float | None = None
 
 
 def ema_decay(step: int, ceiling: float) -> float:
@@ -189,8 +191,9 @@ def train_diffusion(
         if callback is not None:
             callback(done, settings.steps, {"mse": loss.item()})
     guidance = None
-    if settings.condition_dropout > 0:  # keep a default scale chosen earlier for the same dropout
+    if settings.condition_dropout > 0:  # the default scale asked for, else one chosen earlier, else 1
         kept = config.guidance.default_scale if config.guidance is not None else 1.0
-        guidance = GuidanceConfig(condition_dropout=settings.condition_dropout, default_scale=kept)
+        default = settings.default_guidance if settings.default_guidance is not None else kept
+        guidance = GuidanceConfig(condition_dropout=settings.condition_dropout, default_scale=default)
     register_weights(model_dir, "unet", ema.cpu(), UNET_FILE, scale_factor=scale_factor, guidance=guidance)
     return model_dir / UNET_FILE

@@ -121,6 +121,15 @@ def test_two_stage_training_resumes_and_samples(
                  "--out", str(out)]) == 0  # fmt: skip
     (row,) = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
     assert row["guidance"] == "3.0"
+    # the default scale (chosen from a sweep) is set by the same command at its end: nothing is trained again
+    runs = len(read_model_config(guided).training)
+    weights = read_model_config(guided).weights
+    assert main(["train", "diffusion", *cfg, "--init-from", str(model_dir), "--steps", "2", "--condition-dropout",
+                 "0.5", "--default-guidance", "2"]) == 0  # fmt: skip
+    again = read_model_config(guided)
+    assert again.guidance is not None and again.guidance.default_scale == 2.0
+    assert len(again.training) == runs and again.weights == weights
+    assert main(["train", "diffusion", *base, "--steps", "4", "--default-guidance", "2"]) == 2  # no dropout
 
 
 def test_training_data_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
