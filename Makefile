@@ -6,14 +6,21 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-# How the shipped demo model's weights (models/zoo/demo, 0.3.1 = 0.3.0's weights + an MNI-centred affine) were made; see README "The demo model".
-# 0.3.0 fine-tunes the UNet of 0.1.0 (and keeps its autoencoder), which git keeps at DEMO_BASE_COMMIT.
-DEMO_DATA ?= data/phantoms-4mm
-DEMO_PROBE_DATA ?= data/phantoms-4mm-probe
-DEMO_BASE ?= data/demo-model-0.1.0
-DEMO_BASE_COMMIT ?= e54e542
-DEMO_MODEL ?= data/demo-model
-DEMO_FINETUNE_STEPS ?= 3200
+# How the shipped demo model (models/zoo/demo) is made; see README "The demo model". 0.4.0 fine-tunes the UNet of
+# 0.3.1 (which git keeps at DEMO_BASE_COMMIT; it keeps its autoencoder) with condition dropout on phantoms that
+# cover the demo's whole accepted range, and ships the guidance scale chosen by `brainsynth evaluate --guidance`.
+DEMO_DATA ?= data/phantoms-v3-4mm
+DEMO_PROBE_DATA ?= data/phantoms-v3-4mm-probe
+DEMO_BASE ?= data/demo-model-0.3.1
+DEMO_BASE_COMMIT ?= d55347d
+DEMO_MODEL ?= data/demo-model-0.4.0
+DEMO_FINETUNE_STEPS ?= 2400
+DEMO_CONDITION_DROPOUT ?= 0.1
+DEMO_GUIDANCE ?= 1
+DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
+classifier-free guidance on MNI152 phantoms covering its whole accepted range
+DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
+MNI152 phantoms, not on real subjects
 
 .PHONY: help install test test-slow lint format demo demo-model bench bench-qc chaos clean
 
@@ -25,7 +32,7 @@ help:
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
 	@echo "make bench-qc - acceptance rate and spread of a demo cohort with --max-attempts 1 and 3 (probe)"
 	@echo "make chaos  - the fault suite: brainsynth up as shipped, a 20-subject cohort under kills and outages (~15 min)"
-	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate (CPU, ~1.5 h)"
+	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate and sweep guidance (CPU, hours)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,18 +88,22 @@ demo: install
 	BIN=$(BIN) DEMO_OUT=$(DEMO_OUT) ./scripts/demo.sh
 
 demo-model: install
-	$(BIN)/brainsynth phantoms --n 240 --seed 2026 --out $(DEMO_DATA)
-	$(BIN)/brainsynth phantoms --n 160 --seed 3030 --out $(DEMO_PROBE_DATA)
+	$(BIN)/brainsynth phantoms --n 400 --seed 2027 --out $(DEMO_DATA)
+	$(BIN)/brainsynth phantoms --n 160 --seed 3031 --out $(DEMO_PROBE_DATA)
 	mkdir -p $(DEMO_BASE)
 	for f in model.json autoencoder.pt model.pt; do git show $(DEMO_BASE_COMMIT):models/zoo/demo/$$f > $(DEMO_BASE)/$$f; done
 	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) --preset demo \
-		--init-from $(DEMO_BASE) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 1 --device cpu
+		--name demo --version 0.4.0 --description "$(DEMO_DESCRIPTION)" --intended-use "$(DEMO_INTENDED_USE)" \
+		--init-from $(DEMO_BASE) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 2 --device cpu \
+		--condition-dropout $(DEMO_CONDITION_DROPOUT) --default-guidance $(DEMO_GUIDANCE)
 	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL) \
 		--model $(DEMO_MODEL) --steps 1500 --seed 0
 	mkdir -p models/zoo/demo
 	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt \
 		$(DEMO_MODEL)/volume_probe.json $(DEMO_MODEL)/volume_probe.pt models/zoo/demo/
 	$(BIN)/brainsynth evaluate --model demo --n 40 --out docs/evaluation --data $(DEMO_DATA) --batch-size 8
+	$(BIN)/brainsynth evaluate --model demo --n 40 --out docs/evaluation/guidance-sweep --data $(DEMO_DATA) \
+		--batch-size 8 --guidance 1 1.5 2 3 5
 
 # Benchmarks print a table and write out/bench.json; numbers, not assertions.
 BENCH_ARGS ?=
