@@ -22,6 +22,7 @@ from models.cohort.design import (
     design_subjects,
     normalise_sex,
     read_subjects_tsv,
+    tsv_guidance,
     tsv_has_column,
     tsv_sampling,
 )
@@ -268,6 +269,21 @@ def resolve_sampling(args: argparse.Namespace) -> tuple[str, int | None]:
     return sampler, steps
 
 
+def resolve_guidance(args: argparse.Namespace) -> float | None:
+    """The guidance scale to use (``None``: the model's default): as given, or for a ``--subjects`` file that
+    records one, the file's (another would make other images than its subjects: refused)."""
+    recorded = tsv_guidance(args.subjects) if args.subjects is not None and Path(args.subjects).is_file() else None
+    if recorded is None:
+        return args.guidance
+    if args.guidance not in (None, recorded):
+        raise UsageError(
+            f"{args.subjects} was made with guidance {recorded:g}, and --guidance asks for {args.guidance:g}: its "
+            "subjects would come out as other images. Drop --guidance to regenerate them, or delete the file's "
+            "guidance column to sample new ones"
+        )
+    return recorded
+
+
 def cohort_subjects(
     args: argparse.Namespace, ranges: ConditioningRanges
 ) -> tuple[list[SubjectSpec], dict[str, Any] | None]:
@@ -288,9 +304,11 @@ def cohort_subjects(
 def cohort_request(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /v1/cohorts`` body the options describe (the server validates and draws the subjects)."""
     request: dict[str, Any] = {"model": args.model, "dtype": args.dtype, "extrapolate": args.extrapolate}
-    for field in ("guidance", "qc", "qc_tolerance", "max_attempts"):
+    for field in ("qc", "qc_tolerance", "max_attempts"):
         if getattr(args, field) is not None:
             request[field] = getattr(args, field)
+    if (guidance := resolve_guidance(args)) is not None:
+        request["guidance"] = guidance
     if args.authors:
         request["authors"] = args.authors
     sampler, steps = resolve_sampling(args)

@@ -12,7 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brainsynth.arguments import UsageError, add_cohort_arguments, cohort_subjects, resolve_sampling
+from brainsynth.arguments import (
+    UsageError,
+    add_cohort_arguments,
+    cohort_subjects,
+    resolve_guidance,
+    resolve_sampling,
+)
 from models.catalogue.config import PROBE_JSON, read_model_config
 from models.catalogue.presets import PRESETS, ukb
 from models.catalogue.registry import (
@@ -488,7 +494,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     sampler, given_steps = resolve_sampling(args)
     steps = given_steps if given_steps is not None else DEFAULT_STEPS[sampler]
     check_sampler(sampler, steps, config.scheduler.num_train_timesteps)
-    guidance = config.guidance_scale(args.guidance)
+    guidance = config.guidance_scale(resolve_guidance(args))
     subjects, like_report = cohort_subjects(args, config.conditioning)
     measure = _local_measure(args, model_dir)
     samseg = _local_samseg() if args.qc == "samseg" else None

@@ -310,6 +310,26 @@ def tsv_sampling(path: Path) -> tuple[str, int] | None:
         raise ConditioningError("subjects", f"{path}: steps must be an integer, got {steps!r}") from err
 
 
+def tsv_guidance(path: Path) -> float | None:
+    """The classifier-free guidance scale a participants.tsv records for all its subjects, else ``None``.
+
+    Raises:
+        ConditioningError: the rows disagree, or a value is not a number.
+    """
+    with open(path, newline="") as handle:
+        found = {r.get("guidance") or "n/a" for r in csv.DictReader(handle, delimiter="\t")}
+    found.discard("n/a")
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConditioningError("subjects", f"{path} mixes guidance scales {sorted(found)}: split it by scale")
+    value = found.pop()
+    try:
+        return float(value)
+    except ValueError as err:
+        raise ConditioningError("subjects", f"{path}: guidance must be a number, got {value!r}") from err
+
+
 def read_subjects_tsv(path: Path, cohort_seed: int) -> list[SubjectSpec]:
     """Subjects listed in a TSV with columns age, sex, ventricular_volume_mm3, brain_volume_mm3 and,
     optionally, participant_id and seed (a participants.tsv of an earlier cohort regenerates it).

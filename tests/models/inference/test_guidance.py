@@ -120,3 +120,25 @@ def test_sample_records_the_scale_and_names_the_flag(
     assert sidecar["GuidanceScale"] == 1.0
     described = json.loads((out / "participants.json").read_text())
     assert "classifier-free guidance" in described["guidance"]["Description"]
+
+
+def test_a_participants_file_regenerates_at_its_recorded_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from brainsynth.cli import main
+    from tests.conftest import make_model_dir
+
+    model = make_model_dir(tmp_path / "tiny-cfg", tiny_config("tiny-cfg").model_copy(update={"guidance": GUIDED}))
+    first = tmp_path / "first"
+    assert main(["sample", "--model", str(model), "--n", "2", "--seed", "3", "--steps", "2", "--batch-size", "2",
+                 "--guidance", "2.5", "--out", str(first)]) == 0  # fmt: skip
+    again = tmp_path / "again"
+    assert main(["sample", "--model", str(model), "--subjects", str(first / "participants.tsv"), "--batch-size", "2",
+                 "--out", str(again)]) == 0  # fmt: skip
+    assert (again / "participants.tsv").read_text() == (first / "participants.tsv").read_text()
+    image = "sub-000002/anat/sub-000002_T1w.nii.gz"
+    assert (again / image).read_bytes() == (first / image).read_bytes()
+    capsys.readouterr()
+    code = main(["sample", "--model", str(model), "--subjects", str(first / "participants.tsv"), "--guidance", "3",
+                 "--out", str(tmp_path / "other")])  # fmt: skip
+    assert code == 2 and "was made with guidance 2.5, and --guidance asks for 3" in capsys.readouterr().err
