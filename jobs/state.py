@@ -10,6 +10,8 @@ Redis (AOF in production) holds each cohort's record and per-subject progress::
     brainsynth:cohort:{id}:measured   set   participant ids measured by SAMSEG (``qc: samseg`` cohorts)
     brainsynth:cohort:{id}:measure-settled  set  participant ids that will not be measured again (measured,
                                             not stored, or not measurable); all of them: finalise
+    brainsynth:cohort:{id}:records    hash  participant id -> its files' sha256 and sizes and its participants.tsv
+                                            fields, recorded at upload (:mod:`jobs.records`)
     brainsynth:tenant:{t}:cohorts     zset  cohort ids by creation time
     brainsynth:tenant:{t}:active      set   cohort ids not yet final (the per-tenant limit)
     brainsynth:idempotency:{t}:{key}  str   {"hash", "cohort_id"} of a POST with an Idempotency-Key
@@ -282,9 +284,8 @@ class CohortState:
         with self.redis.pipeline() as pipe:
             if status is not None:
                 pipe.hincrby(COHORTS_BY_STATUS_KEY, status.decode(), -1)
-            pipe.delete(
-                *(f"{key}{part}" for part in ("", ":done", ":settled", ":attempts", ":measured", ":measure-settled"))
-            )
+            parts = ("", ":done", ":settled", ":attempts", ":measured", ":measure-settled", ":records")
+            pipe.delete(*(f"{key}{part}" for part in parts))
             pipe.zrem(self._tenant(record.tenant, "cohorts"), record.id)
             pipe.srem(self._tenant(record.tenant, "active"), record.id)
             pipe.execute()

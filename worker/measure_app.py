@@ -71,7 +71,7 @@ def measure_subject_task(self: Task, payload: dict[str, Any]) -> str:
         metrics.REDELIVERIES.inc()
     stop = process.heartbeat.begin(job.cohort_id, delivery_tag(self))
     try:
-        outcome = measure_subject(job, store, samseg(), stop.is_set)
+        outcome = measure_subject(job, store, samseg(), stop.is_set, process.records)
     except SamsegStopped:
         outcome = "not_run"
     except SegmentationError as err:  # SAMSEG failed on this image: it would fail again; kept unmeasured

@@ -21,9 +21,18 @@ from collections.abc import Callable
 from typing import Literal
 
 from jobs.contract import MeasureJob
+from jobs.records import SubjectRecords
 from jobs.state import bids_prefix, preview_key
 from jobs.storage import ObjectStore
-from models.dataset.bids import QC_PASS, dumps, measured_sidecar, record_from_sidecar, sidecar_path, t1w_path
+from models.dataset.bids import (
+    QC_PASS,
+    dumps,
+    measured_sidecar,
+    record_from_sidecar,
+    sidecar_essentials,
+    sidecar_path,
+    t1w_path,
+)
 from models.dataset.segmentation import Samseg, label_outlines_png
 from worker import metrics
 
@@ -33,7 +42,11 @@ MeasureOutcome = Literal["measured", "already_measured", "not_stored", "regenera
 
 
 def measure_subject(
-    job: MeasureJob, store: ObjectStore, samseg: Samseg, should_stop: Callable[[], bool] | None = None
+    job: MeasureJob,
+    store: ObjectStore,
+    samseg: Samseg,
+    should_stop: Callable[[], bool] | None = None,
+    records: SubjectRecords | None = None,
 ) -> MeasureOutcome:
     """Segment the subject's stored T1w image with SAMSEG and record what it measured; ``regenerate`` when it
     measured outside tolerance and the subject has attempts left (nothing recorded then).
@@ -63,13 +76,18 @@ def measure_subject(
         log.info("SAMSEG measured %s attempt %d outside tolerance (%.0f %% off): generating attempt %d",
                  job.participant_id, job.attempt, off, job.attempt + 1)  # fmt: skip
         return "regenerate"
-    for relative, content in {**samseg.dataset_files(), **files}.items():
+    derived = {**samseg.dataset_files(), **files}
+    for relative, content in derived.items():
         content_type = "application/gzip" if relative.endswith(".gz") else "text/plain"
         store.put_bytes(prefix + relative, content, content_type)
     outlines = label_outlines_png(image, result.dseg, list(samseg.labels))
     store.put_bytes(preview_key(job.tenant, job.cohort_id, job.participant_id, "labels"), outlines, "image/png")
     updated = measured_sidecar(job.participant_id, sidecar, measurement)
-    store.put_bytes(prefix + sidecar_path(job.participant_id), dumps(updated).encode(), "application/json")
+    text = dumps(updated).encode()
+    if records is not None:  # before the sidecar that marks the subject measured (jobs.records)
+        records.put(job.tenant, job.cohort_id, job.participant_id, sidecar_essentials(updated),
+                    {**derived, sidecar_path(job.participant_id): text}, merge=True)  # fmt: skip
+    store.put_bytes(prefix + sidecar_path(job.participant_id), text, "application/json")
     log.info("SAMSEG measured %s in %.0f s: ventricles %.0f mm3, brain %.0f mm3", job.participant_id, result.seconds,
              measurement.ventricular_volume_mm3, measurement.brain_volume_mm3)  # fmt: skip
     return "measured"

@@ -1,5 +1,5 @@
-"""What each worker process holds once, generating or measuring: its settings, object store, cohort state and
-heartbeat (started when Celery reports the worker ready, closed at shutdown). Torch-free."""
+"""What each worker process holds once, generating or measuring: its settings, object store, cohort state,
+subject records and heartbeat (started when Celery reports the worker ready, closed at shutdown). Torch-free."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from functools import cached_property
 
 from celery import Task, signals
 
+from jobs.records import SubjectRecords
 from jobs.state import CohortState, connect
 from jobs.storage import ObjectStore
 from worker import metrics
@@ -37,6 +38,11 @@ class WorkerProcess:
     @cached_property
     def state(self) -> CohortState:
         return CohortState(connect(self.settings.broker_url))
+
+    @cached_property
+    def records(self) -> SubjectRecords:
+        """Where this process records each subject's file hashes as it uploads them (:mod:`jobs.records`)."""
+        return SubjectRecords(self.state, self.store)
 
     @cached_property
     def heartbeat(self) -> Heartbeat:

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
+from jobs.records import SubjectRecords, digest
 from jobs.state import StoredCohort, bids_prefix, cohort_json_key, preview_key, stored_among
 from jobs.storage import ObjectStore
 from models.catalogue.config import ModelConfig
@@ -26,6 +27,7 @@ from models.dataset.bids import (
     SamplerSettings,
     manifest,
     record_from_sidecar,
+    sidecar_essentials,
     sidecar_path,
     t1w_path,
 )
@@ -53,6 +55,7 @@ def generate_subjects(
     writer_threads: int = 1,
     should_stop: StopCheck | None = None,
     measure_for: Callable[[str], VolumeMeasure] | None = None,
+    records: SubjectRecords | None = None,
 ) -> list[SubjectResult]:
     """Sample a batch of subjects together and upload each one whose sidecar (written last) is missing,
     ``writer_threads`` subjects at a time in the background while later subjects decode.
@@ -66,6 +69,9 @@ def generate_subjects(
     A job of a later attempt (``attempt`` > 1: SAMSEG measured the stored one outside tolerance) is sampled
     alone with that attempt's seed and replaces the stored image, previews and sidecar (last, unmeasured), unless
     its sidecar already records that attempt.
+
+    With ``records``, each subject's files are recorded (sha256, size, the participants.tsv fields) before its
+    sidecar is uploaded (:mod:`jobs.records`), so finalisation need not read them back.
 
     With ``qc: probe``, each subject's volumes are measured back by ``measure_for(model)`` before its sidecar
     is written, so a stored subject always carries its measurement and QC flag; with ``max_attempts`` > 1 a
@@ -106,9 +112,11 @@ def generate_subjects(
             _, files = subject_files(pipeline.config, kept_spec, sample, made_by, str(pipeline.device), measurement,
                                      attempt)  # fmt: skip
             for relative, content in files.items():  # NIfTI first, sidecar last
-                if relative == sidecar_path(pid):  # the sidecar marks the subject stored: its previews come first
+                if relative == sidecar_path(pid):  # the sidecar marks the subject stored: previews, record first
                     for kind, png in render_previews(sample.volume, np.asarray(pipeline.config.affine)).items():
                         store.put_bytes(preview_key(job.tenant, job.cohort_id, pid, kind), png, "image/png")
+                    if records is not None:
+                        records.put(job.tenant, job.cohort_id, pid, sidecar_essentials(json.loads(content)), files)
                 content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
                 store.put_bytes(prefix + relative, content, content_type)
             device = str(pipeline.device)
@@ -177,31 +185,50 @@ def _stored_attempt(store: ObjectStore, prefix: str, participant: str) -> int:
     return 0 if raw is None else int(json.loads(raw).get("Attempt") or 1)
 
 
-def finalize_cohort(job: FinalizeJob, store: ObjectStore, config: ModelConfig) -> list[str]:
+def finalize_cohort(
+    job: FinalizeJob, store: ObjectStore, config: ModelConfig, records: SubjectRecords | None = None
+) -> list[str]:
     """Write the dataset-level BIDS files for the subjects stored so far, then the manifest (last).
 
-    participants.tsv is rebuilt from the stored sidecars, so it lists exactly the subjects present (all of
-    them for a succeeded cohort; the finished ones for a canceled or failed one). Returns their ids.
+    participants.tsv lists exactly the subjects present (all of them for a succeeded cohort; the finished ones
+    for a canceled or failed one). With ``records`` both participants.tsv and SHA256SUMS come from what the
+    workers recorded as they uploaded (:mod:`jobs.records`): no subject's file is read back, only small
+    dataset-level files no record names (SAMSEG's derivative dataset files). A subject without a record (one
+    stored before records existed) is read back: its sidecar, and its files hashed as they stream. Returns the
+    subjects' ids.
     """
     prefix = bids_prefix(job.tenant, job.cohort_id)
     stored = StoredCohort.model_validate_json(store.get_bytes(cohort_json_key(job.tenant, job.cohort_id)))
     name = str(stored.request.get("name") or DEFAULT_COHORT_NAME)
     participants = [subject.participant_id for subject in stored.subjects]
-    present = stored_among(set(store.list_keys(prefix)), prefix, participants)
-    records = [
-        record_from_sidecar(p, json.loads(store.get_bytes(prefix + sidecar_path(p))))
-        for p in participants
-        if p in present
+    keys = store.list_keys(prefix)
+    stored_now = stored_among(set(keys), prefix, participants)
+    present = [p for p in participants if p in stored_now]
+    recorded = records.load(job.tenant, job.cohort_id, present) if records is not None else {}
+    known: dict[str, tuple[str, int]] = {}
+    for record in recorded.values():
+        known.update(record["files"])
+    rows = [
+        record_from_sidecar(
+            p, recorded[p]["sidecar"] if p in recorded else json.loads(store.get_bytes(prefix + sidecar_path(p)))
+        )
+        for p in present
     ]
     like_report = (stored.request.get("like") or {}).get("report")
-    files = dataset_level_files(config, name, records, stored.request.get("authors"), like_report)
+    files = dataset_level_files(config, name, rows, stored.request.get("authors"), like_report)
     for relative, content in files.items():
         store.put_bytes(prefix + relative, content, "image/png" if relative.endswith(".png") else "text/plain")
+        known[relative] = digest(content)
     digests = []
-    for key in store.list_keys(prefix):
-        digest = hashlib.sha256()
-        for chunk in store.stream(key):
-            digest.update(chunk)
-        digests.append((key[len(prefix) :], digest.hexdigest()))
+    for key in sorted(set(keys) | {prefix + relative for relative in files}):
+        relative = key[len(prefix) :]
+        if relative == MANIFEST:
+            continue
+        if relative not in known:  # a file no record names: hashed as it streams
+            hasher = hashlib.sha256()
+            for chunk in store.stream(key):
+                hasher.update(chunk)
+            known[relative] = (hasher.hexdigest(), 0)
+        digests.append((relative, known[relative][0]))
     store.put_bytes(prefix + MANIFEST, manifest(digests).encode(), "text/plain")
-    return [r.participant_id for r in records]
+    return [r.participant_id for r in rows]

@@ -76,8 +76,9 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     stop = beat.begin(first.cohort_id, delivery_tag(self))
     try:
         results = generate_subjects(
-            batch, store, pipeline_for, get_settings().writer_threads, stop.is_set, measure_for=probe_for
-        )
+            batch, store, pipeline_for, get_settings().writer_threads, stop.is_set, measure_for=probe_for,
+            records=process.records,
+        )  # fmt: skip
     except BrainSynthError as err:  # the request cannot be served (model missing, bad weights): no retry
         _fail(record, participants, str(err), "model")
         raise
@@ -108,7 +109,7 @@ def finalize_cohort_task(payload: dict[str, Any]) -> list[str]:
     if record is None:
         return []
     config = read_model_config(resolve_model_dir(job.model))
-    present = finalize_cohort(job, store, config)
+    present = finalize_cohort(job, store, config, process.records)
     if len(present) == record.total:
         state.transition(record, Status.SUCCEEDED, allowed_from={Status.QUEUED, Status.RUNNING})
     latest = state.get(job.cohort_id)

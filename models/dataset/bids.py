@@ -422,6 +422,15 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
     )  # type: ignore[arg-type]  # fmt: skip
 
 
+#: The sidecar fields :func:`record_from_sidecar` reads: what participants.tsv is made from.
+SIDECAR_ESSENTIALS = ("Conditioning", "Seed", "Sampler", "NumInferenceSteps", "Measured", "Attempt", "GuidanceScale")
+
+
+def sidecar_essentials(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The part of a T1w sidecar that participants.tsv needs (:func:`record_from_sidecar` reads it back)."""
+    return {key: sidecar[key] for key in SIDECAR_ESSENTIALS if key in sidecar}
+
+
 def measured_sidecar(participant: str, sidecar: dict[str, Any], measurement: Measurement) -> dict[str, Any]:
     """A stored T1w sidecar with ``measurement`` and its QC flag (a measuring worker's SAMSEG volumes)."""
     record = replace(record_from_sidecar(participant, sidecar), measurement=measurement)
