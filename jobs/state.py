@@ -243,6 +243,13 @@ class CohortState:
             pipe.expire(key, 7 * 24 * 3600)
             return int(pipe.execute()[0])
 
+    def done_among(self, cohort_id: str, participants: list[str]) -> set[str]:
+        """Those of ``participants`` whose files are stored (one round trip, whatever the cohort's size)."""
+        if not participants:
+            return set()
+        flags = self.redis.smismember(f"{cohort_key(cohort_id)}:done", participants)
+        return {p for p, flag in zip(participants, flags, strict=True) if flag}
+
     def done(self, cohort_id: str) -> set[str]:
         return {m.decode() for m in self.redis.smembers(f"{cohort_key(cohort_id)}:done")}
 

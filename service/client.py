@@ -104,7 +104,16 @@ class BrainSynthClient:
         return self._request("GET", "/v1/cohorts", params=params).json()
 
     def subjects(self, cohort_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/cohorts/{cohort_id}/subjects").json()["subjects"]
+        """Every subject of the cohort, page after page."""
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            params = {"page_size": 100, **({"page_token": token} if token else {})}
+            page = self._request("GET", f"/v1/cohorts/{cohort_id}/subjects", params=params).json()
+            out += page["subjects"]
+            token = page.get("next_page_token")
+            if not token:
+                return out
 
     def cancel(self, cohort_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/cohorts/{cohort_id}/cancel").json()

@@ -95,6 +95,26 @@ def page_token(created_at: float, cohort_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at!r}:{cohort_id}".encode()).decode()
 
 
+def subject_token(participant: str) -> str:
+    """The opaque token of the page of subjects after ``participant``."""
+    return base64.urlsafe_b64encode(f"after:{participant}".encode()).decode()
+
+
+def read_subject_token(token: str) -> str:
+    """The participant a :func:`subject_token` encodes.
+
+    Raises:
+        InvalidField: not a token from this API (names ``page_token``).
+    """
+    try:
+        kind, participant = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as err:
+        raise InvalidField(["query", "page_token"], "not a page token from this API") from err
+    if kind != "after" or not is_participant_label(participant):
+        raise InvalidField(["query", "page_token"], "not a page token from this API")
+    return participant
+
+
 def read_page_token(token: str) -> float:
     """The creation time a :func:`page_token` encodes.
 
@@ -402,14 +422,23 @@ class CohortService:
         next_token = page_token(rows[size - 1][1], rows[size - 1][0]) if len(rows) > size else None
         return CohortPage(cohorts=cohorts, next_page_token=next_token)
 
-    def subjects(self, record: CohortRecord) -> SubjectPage:
-        """Every subject's covariates, seed and status, with presigned URLs of the stored ones."""
-        stored = self.stored(record)
-        done = self.state.done(record.id)
+    def subjects(self, record: CohortRecord, page_size: int = 100, token: str | None = None) -> SubjectPage:
+        """``page_size`` subjects (at most the server's page limit) after ``token``, in participant order: their
+        covariates, seed and status, with presigned URLs of the stored ones (only this page's are signed)."""
+        size = min(page_size, self.settings.page_size_max)
+        jobs = self.stored(record).subjects
+        start = 0
+        if token:
+            after = read_subject_token(token)
+            start = next((i + 1 for i, job in enumerate(jobs) if job.participant_id == after), -1)
+            if start < 0:
+                raise InvalidField(["query", "page_token"], "not a page token of this cohort")
+        page = jobs[start : start + size]
+        done = self.state.done_among(record.id, [job.participant_id for job in page])
         prefix = bids_prefix(record.tenant, record.id)
         expiry = self.settings.presign_expiry_s
         out = []
-        for job in stored.subjects:
+        for job in page:
             is_done = job.participant_id in done
             status = "stored" if is_done else ("not_run" if record.status in FINAL else "pending")
             out.append(
@@ -423,7 +452,8 @@ class CohortService:
                     expires_in_s=expiry if is_done else None,
                 )
             )
-        return SubjectPage(cohort_id=record.id, subjects=out)
+        next_token = subject_token(page[-1].participant_id) if start + size < len(jobs) and page else None
+        return SubjectPage(cohort_id=record.id, subjects=out, next_page_token=next_token)
 
     def _finished_objects(self, record: CohortRecord, what: str) -> list[tuple[str, int]]:
         """The finished cohort's objects (key, size); 409 naming ``what`` until its manifest is written."""

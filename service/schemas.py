@@ -243,6 +243,7 @@ class SubjectOut(BaseModel):
 class SubjectPage(BaseModel):
     cohort_id: str
     subjects: list[SubjectOut]
+    next_page_token: str | None = Field(None, description="pass as ?page_token= for the next page; null: last page")
 
 
 class LinkTokenOut(BaseModel):

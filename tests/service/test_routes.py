@@ -84,6 +84,19 @@ def test_a_cohort_through_every_route_of_its_router(client: TestClient) -> None:
     assert client.get(f"/v1/cohorts/{cohort_id}", headers=OTHER).status_code == 404  # another tenant's
     subjects = client.get(f"/v1/cohorts/{cohort_id}/subjects", headers=KEY).json()["subjects"]
     assert [s["status"] for s in subjects] == ["pending"] * 3 and subjects[0]["url"] is None
+    # a page at a time, in participant order, with the cohort list's token contract
+    pages, token = [], None
+    while True:
+        page = client.get(f"/v1/cohorts/{cohort_id}/subjects", headers=KEY,
+                          params={"page_size": 2, **({"page_token": token} if token else {})}).json()  # fmt: skip
+        pages.append([s["participant_id"] for s in page["subjects"]])
+        if not (token := page["next_page_token"]):
+            break
+    assert pages == [["sub-000001", "sub-000002"], ["sub-000003"]]
+    for bad in ("nonsense", "YWZ0ZXI6c3ViLTk5OTk5OQ=="):  # not a token; another cohort's subject (sub-999999)
+        refused = client.get(f"/v1/cohorts/{cohort_id}/subjects", headers=KEY, params={"page_token": bad})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "page_token"]
+    assert client.get(f"/v1/cohorts/{cohort_id}/subjects", headers=KEY, params={"page_size": 0}).status_code == 422
     listed = client.get("/v1/cohorts", params={"page_size": 1}, headers=KEY).json()
     assert listed["cohorts"][0]["id"] == cohort_id
     archive = client.get(f"/v1/cohorts/{cohort_id}/archive", headers=KEY)

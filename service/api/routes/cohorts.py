@@ -77,9 +77,16 @@ def get_cohort(cohort_id: str, tenant: Tenant, cohorts: CohortServiceDep) -> Coh
 
 
 @router.get("/{cohort_id}/subjects", response_model=SubjectPage, responses=ERROR_RESPONSES)
-def subjects(cohort_id: str, tenant: Tenant, cohorts: CohortServiceDep) -> SubjectPage:
-    """Per-subject covariates, seed, status and short-lived presigned URLs of stored files."""
-    return cohorts.subjects(cohorts.load(tenant, cohort_id))
+def subjects(
+    cohort_id: str,
+    tenant: Tenant,
+    cohorts: CohortServiceDep,
+    page_size: Annotated[int, Query(ge=1)] = 100,
+    page_token: str | None = None,
+) -> SubjectPage:
+    """Per-subject covariates, seed, status and short-lived presigned URLs of stored files, a page at a time
+    in participant order (``next_page_token`` as in the cohort list)."""
+    return cohorts.subjects(cohorts.load(tenant, cohort_id), page_size, page_token)
 
 
 @router.post("/{cohort_id}/link-token", response_model=LinkTokenOut, responses=ERROR_RESPONSES)
