@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,17 +321,22 @@ def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
             say(f"uploading {count} x {object_mib} MiB for the archive")
             for index in range(count):
                 store.put_bytes(f"cohort/sub-{index:06d}.nii.gz", blob, "application/gzip")
+            crc = zlib.crc32(blob)
             del blob
             # Streamed in a fresh process that imports what the API does (no torch), so its peak RSS is the
             # API's cost of an archive, not this process's torch and model.
             code = (
                 "import json, sys, time\n"
-                "from service.archive import stream_zip\n"
+                "import zlib\n"
+                "from service.archive import ArchiveEntry, ZipLayout\n"
                 "from jobs.storage import ObjectStore\n"
                 "store = ObjectStore(sys.argv[1], 'bench', 'bench-secret-key', 'bench')\n"
                 "objects = store.list_objects('cohort/')\n"
+                "crc = int(sys.argv[2])  # every object holds the same bytes: their CRC-32, as the index records it\n"
+                "layout = ZipLayout([ArchiveEntry(k, n, crc, k) for k, n in objects])\n"
+                "read = lambda key, offset, length: store.stream(key, offset=offset, length=length)\n"
                 "start, total = time.perf_counter(), 0\n"
-                "for block in stream_zip((k, n, store.stream(k)) for k, n in objects):\n"
+                "for block in layout.read(0, layout.size, read):\n"
                 "    total += len(block)\n"
                 "seconds = time.perf_counter() - start\n"
                 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked (torch-sized) parent.
@@ -339,7 +345,7 @@ def archive_rows(gigabytes: float, say: Callable[[str], None]) -> list[dict]:
                 "print(json.dumps({'bytes': total, 'seconds': seconds, 'peak_rss_mib': peak}))\n"
             )
             result = subprocess.run(
-                [sys.executable, "-c", code, server.endpoint], capture_output=True, text=True, check=True
+                [sys.executable, "-c", code, server.endpoint, str(crc)], capture_output=True, text=True, check=True
             )
             measured = json.loads(result.stdout.strip().splitlines()[-1])
         finally:

@@ -283,7 +283,13 @@ def _cmd_download(client: BrainSynthClient, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     with tqdm(unit="B", unit_scale=True, desc="download", file=sys.stderr) as bar:
-        path = client.download(args.cohort_id, args.out, on_bytes=bar.update, extract=not args.keep_zip)
+
+        def total(size: int) -> None:
+            bar.total = size
+            bar.refresh()
+
+        path = client.download(args.cohort_id, args.out, on_bytes=bar.update, extract=not args.keep_zip,
+                               on_total=total)  # fmt: skip
     print(path.resolve())
     return 0
 

@@ -1,7 +1,8 @@
 """What a worker records of each subject as it uploads it, so finalisation never reads an image back.
 
-A subject's record holds the sha256 and size of every file of it under the BIDS prefix, computed from the very
-bytes uploaded, and the sidecar fields participants.tsv is made from (:func:`models.dataset.bids.sidecar_essentials`).
+A subject's record holds the sha256, size and CRC-32 of every file of it under the BIDS prefix, computed from the
+very bytes uploaded (the CRC lets the archive lay out its ZIP without reading them: :mod:`service.archive`),
+and the sidecar fields participants.tsv is made from (:func:`models.dataset.bids.sidecar_essentials`).
 It lives in Redis (``brainsynth:cohort:{id}:records``, one hash field per subject, a few hundred bytes) for a fast
 finalisation, and in object storage beside the dataset (``records/{pid}.json``, outside the BIDS tree, never in
 the archive) for when Redis lost it.
@@ -16,24 +17,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobs.state import CohortState, cohort_key
 from jobs.storage import ObjectStore, cohort_prefix
 
-#: (sha256 hex, size in bytes) of one file, by its path relative to the BIDS root.
-FileDigests = dict[str, tuple[str, int]]
+#: (sha256 hex, size in bytes, CRC-32) of one file.
+Digest = tuple[str, int, int]
+#: Digests by path relative to the BIDS root.
+FileDigests = dict[str, Digest]
 
 
-def digest(content: bytes) -> tuple[str, int]:
-    """A file's sha256 (hex) and size."""
-    return hashlib.sha256(content).hexdigest(), len(content)
+def digest(content: bytes) -> Digest:
+    """A file's sha256 (hex), size and CRC-32."""
+    return hashlib.sha256(content).hexdigest(), len(content), zlib.crc32(content)
+
+
+class StreamDigest:
+    """The same, of bytes that arrive in chunks (a file read back as it streams)."""
+
+    def __init__(self) -> None:
+        self._sha, self._size, self._crc = hashlib.sha256(), 0, 0
+
+    def update(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        self._size += len(chunk)
+        self._crc = zlib.crc32(chunk, self._crc)
+
+    def digest(self) -> Digest:
+        return self._sha.hexdigest(), self._size, self._crc
 
 
 def record_key(tenant: str, cohort_id: str, participant_id: str) -> str:
     """The durable copy of a subject's record in object storage (outside the BIDS tree)."""
     return cohort_prefix(tenant, cohort_id) + f"records/{participant_id}.json"
+
+
+def archive_index_key(tenant: str, cohort_id: str) -> str:
+    """Finalisation's list of the archive's files, in archive order, with their sizes and CRC-32
+    (:mod:`service.archive` lays the ZIP out from it); outside the BIDS tree, written just before the manifest."""
+    return cohort_prefix(tenant, cohort_id) + "archive.json"
 
 
 def _records_key(cohort_id: str) -> str:
@@ -91,5 +116,6 @@ class SubjectRecords:
 
 def _parse(raw: bytes | str) -> dict[str, Any]:
     record = json.loads(raw)
-    record["files"] = {relative: (value[0], int(value[1])) for relative, value in record["files"].items()}
+    files = record["files"].items()
+    record["files"] = {relative: (value[0], int(value[1]), int(value[2])) for relative, value in files}
     return record

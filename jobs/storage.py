@@ -154,9 +154,12 @@ class ObjectStore:
         """Size of ``key`` in bytes."""
         return int(self._retry(f"stat {key}", lambda: self.client.stat_object(self.bucket, key)).size or 0)
 
-    def stream(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
-        """Yield the object's bytes in chunks, holding one chunk in memory at a time."""
-        response = self._retry(f"get {key}", lambda: self.client.get_object(self.bucket, key))
+    def stream(self, key: str, chunk_size: int = 1024 * 1024, offset: int = 0, length: int = 0) -> Iterator[bytes]:
+        """Yield the object's bytes in chunks, holding one chunk in memory at a time; from ``offset``, and only
+        ``length`` of them when it is given (a ranged GET)."""
+        response = self._retry(
+            f"get {key}", lambda: self.client.get_object(self.bucket, key, offset=offset, length=length)
+        )
         try:
             yield from response.stream(chunk_size)
         finally:

@@ -180,26 +180,48 @@ class BrainSynthClient:
         *,
         on_bytes: Callable[[int], None] | None = None,
         extract: bool = True,
+        on_total: Callable[[int], None] | None = None,
     ) -> Path:
         """Stream the cohort's ZIP to ``out_dir/cohort-ID.zip``; with ``extract``, unpack it into ``out_dir``,
-        check every file against the dataset's SHA256SUMS and return the dataset folder."""
+        check every file against the dataset's SHA256SUMS and return the dataset folder.
+
+        A download that broke off leaves ``cohort-ID.zip.part`` (and the archive's ETag beside it): the next
+        call asks only for the missing bytes (``Range``, with ``If-Range`` so a cohort that changed meanwhile
+        comes whole again instead of being spliced). ``on_total`` gets the archive's size once it is known."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         archive = out_dir / f"cohort-{cohort_id}.zip"
         partial = archive.with_suffix(".zip.part")
+        tag_file = archive.with_suffix(".zip.etag")
+        headers = {}
+        if partial.is_file() and tag_file.is_file() and partial.stat().st_size > 0:
+            headers = {"Range": f"bytes={partial.stat().st_size}-", "If-Range": tag_file.read_text()}
         try:
-            with self.http.stream("GET", f"/v1/cohorts/{cohort_id}/archive", timeout=None) as response:
-                if response.status_code >= 400:
+            with self.http.stream("GET", f"/v1/cohorts/{cohort_id}/archive", headers=headers, timeout=None) as response:
+                if response.status_code == 416:  # the part is whole already
+                    response.read()
+                elif response.status_code >= 400:
                     response.read()
                     raise ClientError(f"HTTP {response.status_code}: {_describe(response)}", response.status_code)
-                with open(partial, "wb") as sink:
-                    for chunk in response.iter_bytes(1 << 20):
-                        sink.write(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
+                else:
+                    if etag := response.headers.get("ETag"):
+                        tag_file.write_text(etag)
+                    resumed = response.status_code == 206
+                    total = response.headers.get("Content-Range", "/").rpartition("/")[2] if resumed else (
+                        response.headers.get("Content-Length"))  # fmt: skip
+                    if on_total and total and total.isdigit():
+                        on_total(int(total))
+                    if resumed and on_bytes:
+                        on_bytes(partial.stat().st_size)
+                    with open(partial, "ab" if resumed else "wb") as sink:
+                        for chunk in response.iter_bytes(1 << 20):
+                            sink.write(chunk)
+                            if on_bytes:
+                                on_bytes(len(chunk))
         except httpx.HTTPError as err:
-            raise ClientError(f"the download from {self.url} broke off ({err}): run it again") from err
+            raise ClientError(f"the download from {self.url} broke off ({err}): run it again to resume") from err
         partial.replace(archive)
+        tag_file.unlink(missing_ok=True)
         if not extract:
             return archive
         with zipfile.ZipFile(archive) as bundle:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from jobs.contract import GENERATE_SUBJECTS, MEASURE_SUBJECT, MeasureJob, SubjectBatch, SubjectJob
 from jobs.queue import create_app as create_celery
+from jobs.records import StreamDigest, archive_index_key
 from jobs.state import (
     FINAL,
     CohortRecord,
@@ -61,6 +62,7 @@ from models.cohort.design import (
 from models.cohort.like import ReferenceTable, like_subjects
 from models.dataset.bids import DEFAULT_QC_TOLERANCE, MANIFEST, sidecar_path, t1w_path
 from models.errors import ConditioningError, SamplingError
+from service.archive import ArchiveEntry, ZipLayout
 from service.errors import (
     ActiveLimitReached,
     BodyTooLarge,
@@ -467,13 +469,40 @@ class CohortService:
             )
         return objects
 
-    def archive_entries(self, record: CohortRecord) -> list[tuple[str, int, Iterator[bytes]]]:
-        """The finished cohort's files as (name in the ZIP, size, byte stream), the manifest last."""
+    def archive(self, record: CohortRecord) -> tuple[ZipLayout, str]:
+        """The finished cohort's ZIP layout (its files under ``cohort-{id}/``, the manifest last) and its ETag.
+
+        Sizes and CRC-32 come from the archive index finalisation writes (:func:`jobs.records.archive_index_key`);
+        a cohort finalised without one has its files read once to make it (then it is kept). The ETag is the
+        index's hash: it changes whenever any file of the cohort does, so a resumed download never mixes two.
+        """
         prefix = bids_prefix(record.tenant, record.id)
-        objects = self._finished_objects(record, "archive")
-        objects.sort(key=lambda item: item[0].endswith(MANIFEST))  # the manifest last, as in storage
+        objects = dict(self._finished_objects(record, "archive"))
+        key = archive_index_key(record.tenant, record.id)
+        raw = self.store.get_bytes_if_present(key)
+        index = json.loads(raw) if raw is not None else None
+        if index is None or {prefix + relative: size for relative, size, _ in index} != objects:
+            index = self._index_by_reading(prefix, objects)
+            raw = json.dumps(index).encode()
+            self.store.put_bytes(key, raw, "application/json")
         root = f"cohort-{record.id}/"
-        return [(root + key[len(prefix) :], size, self.store.stream(key)) for key, size in objects]
+        entries = [ArchiveEntry(root + relative, size, crc, prefix + relative) for relative, size, crc in index]
+        return ZipLayout(entries), '"' + hashlib.sha256(raw).hexdigest()[:40] + '"'
+
+    def _index_by_reading(self, prefix: str, objects: dict[str, int]) -> list[list[Any]]:
+        """An archive index made by reading every file once (a cohort finalised before indexes existed)."""
+        index = []
+        for key in sorted(objects, key=lambda k: (k.endswith(MANIFEST), k)):
+            streamed = StreamDigest()
+            for chunk in self.store.stream(key):
+                streamed.update(chunk)
+            _, size, crc = streamed.digest()
+            index.append([key[len(prefix) :], size, crc])
+        return index
+
+    def read_object(self, key: str, offset: int, length: int) -> Iterator[bytes]:
+        """``length`` bytes of an object from ``offset`` (the archive's reader)."""
+        return self.store.stream(key, offset=offset, length=length)
 
     def qc_file(self, record: CohortRecord, name: str) -> bytes:
         """A finished, measured cohort's QC report or scatter plot (409 until it has finished, 404 when its

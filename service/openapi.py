@@ -27,6 +27,12 @@ ARCHIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     409: {**CONFLICT, "description": "the cohort has not finished: watch /events"},
 }
+#: The archive route also answers ranges (resumable downloads).
+RANGED_ARCHIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ARCHIVE_RESPONSES,
+    206: {"content": {"application/zip": {}}, "description": "the requested bytes of the archive (Range)"},
+    416: {"description": "the range lies outside the archive (Content-Range: bytes */size)"},
+}
 CONFLICT_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 409: CONFLICT}
 #: Examples of ``POST /v1/cohorts`` bodies shown in the API document (and sent by its "Try it out").
 REQUEST_EXAMPLES: dict[str, dict[str, Any]] = {

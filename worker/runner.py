@@ -6,17 +6,17 @@ cohort's manifest is written last and marks the dataset complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
-from jobs.records import SubjectRecords, digest
+from jobs.records import Digest, StreamDigest, SubjectRecords, archive_index_key, digest
 from jobs.state import StoredCohort, bids_prefix, cohort_json_key, preview_key, stored_among
 from jobs.storage import ObjectStore
 from models.catalogue.config import ModelConfig
@@ -194,8 +194,9 @@ def finalize_cohort(
     for a canceled or failed one). With ``records`` both participants.tsv and SHA256SUMS come from what the
     workers recorded as they uploaded (:mod:`jobs.records`): no subject's file is read back, only small
     dataset-level files no record names (SAMSEG's derivative dataset files). A subject without a record (one
-    stored before records existed) is read back: its sidecar, and its files hashed as they stream. Returns the
-    subjects' ids.
+    stored before records existed) is read back: its sidecar, and its files hashed as they stream. Just before
+    the manifest it writes the archive index (every file's size and CRC-32, :func:`jobs.records.archive_index_key`)
+    that the API lays the ZIP out from. Returns the subjects' ids.
     """
     prefix = bids_prefix(job.tenant, job.cohort_id)
     stored = StoredCohort.model_validate_json(store.get_bytes(cohort_json_key(job.tenant, job.cohort_id)))
@@ -205,7 +206,7 @@ def finalize_cohort(
     stored_now = stored_among(set(keys), prefix, participants)
     present = [p for p in participants if p in stored_now]
     recorded = records.load(job.tenant, job.cohort_id, present) if records is not None else {}
-    known: dict[str, tuple[str, int]] = {}
+    known: dict[str, Digest] = {}
     for record in recorded.values():
         known.update(record["files"])
     rows = [
@@ -219,16 +220,17 @@ def finalize_cohort(
     for relative, content in files.items():
         store.put_bytes(prefix + relative, content, "image/png" if relative.endswith(".png") else "text/plain")
         known[relative] = digest(content)
-    digests = []
-    for key in sorted(set(keys) | {prefix + relative for relative in files}):
-        relative = key[len(prefix) :]
-        if relative == MANIFEST:
-            continue
-        if relative not in known:  # a file no record names: hashed as it streams
-            hasher = hashlib.sha256()
-            for chunk in store.stream(key):
-                hasher.update(chunk)
-            known[relative] = (hasher.hexdigest(), 0)
-        digests.append((relative, known[relative][0]))
-    store.put_bytes(prefix + MANIFEST, manifest(digests).encode(), "text/plain")
+    listed = sorted({key[len(prefix) :] for key in keys} | set(files))
+    listed = [relative for relative in listed if relative != MANIFEST]
+    for relative in listed:
+        if relative not in known:  # a file no record names: its digests as it streams
+            streamed = StreamDigest()
+            for chunk in store.stream(prefix + relative):
+                streamed.update(chunk)
+            known[relative] = streamed.digest()
+    text = manifest((relative, known[relative][0]) for relative in listed).encode()
+    index = [[relative, known[relative][1], known[relative][2]] for relative in listed]
+    index.append([MANIFEST, len(text), zlib.crc32(text)])
+    store.put_bytes(archive_index_key(job.tenant, job.cohort_id), json.dumps(index).encode(), "application/json")
+    store.put_bytes(prefix + MANIFEST, text, "text/plain")
     return [r.participant_id for r in rows]

@@ -1,4 +1,5 @@
-"""The streamed ZIP writer: valid archives, stored entries, ZIP64 past 4 GiB, constant memory."""
+"""The ZIP layout: valid archives (zipfile, Info-ZIP's unzip), stored entries, any byte range equal to the same
+bytes of the whole, ZIP64 past 4 GiB in constant memory, and RFC 9110 range parsing."""
 
 from __future__ import annotations
 
@@ -7,19 +8,56 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 
-from service.archive import stream_zip
+import pytest
+
+from service.archive import ArchiveEntry, ZipLayout, parse_range
 
 CHUNK = b"\x00" * (1 << 20)
 
 
-def test_small_archive_round_trips_and_is_deterministic() -> None:
-    entries = [("d/a.nii.gz", 7, [b"abc", b"defg"]), ("d/SHA256SUMS", 2, [b"ok"])]
-    data = b"".join(stream_zip(entries))
-    assert data == b"".join(stream_zip(entries))
+def _layout(objects: dict[str, bytes]) -> tuple[ZipLayout, bytes]:
+    entries = [ArchiveEntry(f"d/{key}", len(data), zlib.crc32(data), key) for key, data in objects.items()]
+    layout = ZipLayout(entries)
+    data = b"".join(
+        layout.read(0, layout.size, lambda key, offset, length: iter([objects[key][offset : offset + length]]))
+    )
+    return layout, data
+
+
+def test_small_archive_round_trips_is_deterministic_and_every_range_is_its_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    objects = {"a.nii.gz": b"abcdefg", "ü.json": b"{}", "empty": b"", "SHA256SUMS": b"ok\n"}
+    layout, data = _layout(objects)
+    assert len(data) == layout.size and data == _layout(objects)[1]
     with zipfile.ZipFile(io.BytesIO(data)) as bundle:
         assert bundle.testzip() is None
-        assert bundle.read("d/a.nii.gz") == b"abcdefg"
+        assert bundle.read("d/a.nii.gz") == b"abcdefg" and bundle.read("d/ü.json") == b"{}"
         assert all(info.compress_type == zipfile.ZIP_STORED for info in bundle.infolist())
+        assert [info.filename for info in bundle.infolist()][-1] == "d/SHA256SUMS"
+    read = lambda key, offset, length: iter([objects[key][offset : offset + length]])  # noqa: E731
+    for start in range(0, layout.size, 5):
+        for stop in range(start, layout.size + 1, 9):
+            assert b"".join(layout.read(start, stop, read)) == data[start:stop]
+    with pytest.raises(ValueError):
+        list(layout.read(0, layout.size + 1, read))
+    if shutil.which("unzip"):
+        (tmp_path / "a.zip").write_bytes(data)
+        tested = subprocess.run(["unzip", "-t", str(tmp_path / "a.zip")], capture_output=True, text=True)
+        assert tested.returncode == 0 and "No errors detected" in tested.stdout
+
+
+def test_ranges_parse_as_rfc_9110_says() -> None:
+    assert parse_range(None, 100) is None and parse_range("bytes=0-99", 100) == (0, 100)
+    assert parse_range("bytes=10-19", 100) == (10, 20) and parse_range("bytes=90-", 100) == (90, 100)
+    assert parse_range("bytes=-10", 100) == (90, 100) and parse_range("bytes=-500", 100) == (0, 100)
+    assert parse_range("bytes=50-500", 100) == (50, 100)  # clipped to the content
+    for ignored in ("items=0-1", "bytes=0-1,5-6", "bytes=a-b", "bytes=5-2", "bytes=-", "bytes"):
+        assert parse_range(ignored, 100) is None  # answered whole
+    for unsatisfiable in ("bytes=100-", "bytes=100-200", "bytes=-0"):
+        with pytest.raises(ValueError):
+            parse_range(unsatisfiable, 100)
 
 
 class _Sparse(io.RawIOBase):
@@ -59,23 +97,28 @@ class _Sparse(io.RawIOBase):
 def test_an_entry_over_4_gib_gets_zip64_records_in_bounded_memory() -> None:
     size = (4 << 30) + (5 << 20)  # 4 GiB + 5 MiB of zeros, never held in memory
 
-    def chunks() -> Iterator[bytes]:
-        for _ in range(size // len(CHUNK)):
-            yield CHUNK
+    def read(key: str, offset: int, length: int) -> Iterator[bytes]:
+        if key == "after":
+            yield b"hi"[offset : offset + length]
+            return
+        while length > 0:
+            yield CHUNK[: min(length, len(CHUNK))]
+            length -= min(length, len(CHUNK))
 
+    big = ArchiveEntry("big.bin", size, _crc_of_zeros(size), "big")
+    layout = ZipLayout([big, ArchiveEntry("after.txt", 2, zlib.crc32(b"hi"), "after")])
     head, tail, total, largest = b"", b"", 0, 0
-    for block in stream_zip([("big.bin", size, chunks()), ("after.txt", 2, [b"hi"])]):
+    for block in layout.read(0, layout.size, read):
         if len(head) < 4096:
             head += block[: 4096 - len(head)]
         tail = (tail + block)[-4096:]
         total += len(block)
         largest = max(largest, len(block))
-    assert largest <= 2 * len(CHUNK)  # the writer hands on what it gets: memory stays at one chunk
+    assert total == layout.size and largest <= len(CHUNK)  # memory stays at one chunk
     with zipfile.ZipFile(_Sparse(head, tail, total)) as bundle:  # type: ignore[arg-type]
         big, after = bundle.infolist()
         assert big.file_size == size and big.compress_size == size
-        crc = big.CRC
-        assert crc == _crc_of_zeros(size)
+        assert _crc_of_zeros(size) == big.CRC
         assert after.header_offset > 0xFFFFFFFF  # a ZIP64 offset
         assert bundle.read("after.txt") == b"hi"
 
