@@ -17,6 +17,7 @@ DEMO_MODEL ?= data/demo-model-0.4.0
 DEMO_FINETUNE_STEPS ?= 2400
 DEMO_CONDITION_DROPOUT ?= 0.1
 DEMO_GUIDANCE ?= 1
+DEMO_PROBE_STEPS ?= 1500
 DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
 classifier-free guidance on MNI152 phantoms covering its whole accepted range
 DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
@@ -97,7 +98,7 @@ demo-model: install
 		--init-from $(DEMO_BASE) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 2 --device cpu \
 		--condition-dropout $(DEMO_CONDITION_DROPOUT) --default-guidance $(DEMO_GUIDANCE)
 	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL) \
-		--model $(DEMO_MODEL) --steps 1500 --seed 0
+		--model $(DEMO_MODEL) --steps $(DEMO_PROBE_STEPS) --seed 0
 	mkdir -p models/zoo/demo
 	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt \
 		$(DEMO_MODEL)/volume_probe.json $(DEMO_MODEL)/volume_probe.pt models/zoo/demo/

@@ -1,7 +1,7 @@
 """Fidelity of a model, measured the way Pinaya et al. 2022 measure it (section 3.2, Fig. 2).
 
 - Conditioning fidelity: sample subjects whose requested ventricular and brain volumes span the probe's
-  training range, measure both volumes on each generated image with the volume probe
+  training range within the model's accepted range, measure both volumes on each generated image with the volume probe
   (:mod:`models.evaluation.volumes`), report Pearson r and mean absolute error (paper: r = 0.972 for ventricles).
 - Diversity: MS-SSIM over random pairs of generated images and over random pairs of training images
   (paper: 0.6555 generated vs 0.6536 real). MONAI ``MultiScaleSSIMMetric`` with 3 scales and a 5-voxel
@@ -129,8 +129,12 @@ def evaluate(
     say = callback or (lambda _message: None)
     info = probe.info
     rng = np.random.default_rng(settings.seed)
-    vent_lo, vent_hi = info.ventricular_range_mm3
-    brain_lo, brain_hi = info.brain_range_mm3
+    # requests span what the model accepts and the probe has seen measured, both
+    ranges = pipeline.config.conditioning
+    vent_lo = max(info.ventricular_range_mm3[0], ranges.ventricular_volume_mm3.min)
+    vent_hi = min(info.ventricular_range_mm3[1], ranges.ventricular_volume_mm3.max)
+    brain_lo = max(info.brain_range_mm3[0], ranges.brain_volume_mm3.min)
+    brain_hi = min(info.brain_range_mm3[1], ranges.brain_volume_mm3.max)
     requested = [
         Covariates(
             sex="F" if i % 2 == 0 else "M",
@@ -188,6 +192,7 @@ def evaluate(
             "ventricular_range_mm3": info.ventricular_range_mm3,
             "brain_range_mm3": info.brain_range_mm3,
         },
+        "requested": {"ventricular_range_mm3": [vent_lo, vent_hi], "brain_range_mm3": [brain_lo, brain_hi]},
         "conditioning_fidelity": fidelity,
         "diversity": diversity,
         "sweeps": {"ventricles": vent_sweep, "age": age_sweep},
@@ -202,12 +207,13 @@ def evaluate(
 def markdown_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table with the paper's anchors and the targets."""
     f, d, p = report["conditioning_fidelity"], report["diversity"], report["probe"]["validation"]
-    s = report["settings"]
+    s, r = report["settings"], report["requested"]
     lines = [
         f"# Evaluation of {report['model']['name']} {report['model']['version']}",
         "",
-        f"{s['n']} subjects, seed {s['seed']}, {s['sampler']} {s['steps']} steps, guidance {s['guidance']:g}; volumes "
-        "measured with the "
+        f"{s['n']} subjects, seed {s['seed']}, {s['sampler']} {s['steps']} steps, guidance {s['guidance']:g}; "
+        f"requested ventricles {r['ventricular_range_mm3'][0]:,.0f}-{r['ventricular_range_mm3'][1]:,.0f} mm3 and brain "
+        f"{r['brain_range_mm3'][0]:,.0f}-{r['brain_range_mm3'][1]:,.0f} mm3 (uniform); volumes measured with the "
         "volume probe (models/evaluation/volumes.py) whose accuracy on held-out phantoms is given first.",
         "",
         "| measure | value | paper | target |",

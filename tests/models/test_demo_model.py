@@ -36,3 +36,39 @@ def test_demo_model_samples_brain_like_volumes() -> None:
         # White matter (bright) and CSF (dark) both exist inside the brain.
         inside = volume[foreground]
         assert np.percentile(inside, 90) > 0.7 and np.percentile(inside, 5) < 0.45
+
+
+def _makefile_variables() -> dict[str, str]:
+    """The Makefile's ``NAME ?= value`` settings, continuation lines joined by a space as make joins them."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    variables = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("?=")
+        if sep and name.strip().isidentifier():
+            variables[name.strip()] = " ".join(value.split())
+    return variables
+
+
+def test_the_shipped_demo_model_is_what_make_demo_model_makes() -> None:
+    """model.json of models/zoo/demo against the recipe: identity, base, data, steps, condition dropout, default
+    guidance, and the grid's affine from the demo preset (no hand edits); the probe's training settings."""
+    from models.catalogue.config import read_model_config
+    from models.catalogue.presets import demo
+
+    recipe = _makefile_variables()
+    config = read_model_config(ZOO_DIR / "demo")
+    assert (config.name, config.version) == ("demo", "0.4.0")
+    assert config.description == recipe["DEMO_DESCRIPTION"] and config.intended_use == recipe["DEMO_INTENDED_USE"]
+    assert config.guidance is not None
+    assert config.guidance.condition_dropout == float(recipe["DEMO_CONDITION_DROPOUT"])
+    assert config.guidance.default_scale == float(recipe["DEMO_GUIDANCE"])
+    last = config.training[-1]
+    assert (last.stage, last.data, last.steps, last.init_from) == (
+        "diffusion", recipe["DEMO_DATA"], int(recipe["DEMO_FINETUNE_STEPS"]), recipe["DEMO_BASE"]
+    )  # fmt: skip
+    preset = demo()
+    assert config.affine == preset.affine and config.conditioning == preset.conditioning
+    probe = json.loads((ZOO_DIR / "demo" / "volume_probe.json").read_text())
+    assert probe["steps"] == int(recipe["DEMO_PROBE_STEPS"]) and probe["seed"] == 0
