@@ -225,16 +225,21 @@ class LocalStack:
         raise ServerError(f"the stack was not ready after {timeout:.0f} s ({last}); see {self.logs}")
 
     def start(self) -> None:
-        """Everything, in dependency order; returns once the API reports ready."""
+        """Everything, in dependency order; returns once the API reports ready. When a part fails to start, the
+        parts already started are stopped before the error is raised (nothing is left running)."""
         if self.measure_workers:
             measure_python()  # say how to make the measuring environment before starting anything
-        self.start_servers()
-        for index in range(self.workers):
-            self.start_worker(index)
-        for index in range(self.measure_workers):
-            self.start_measure_worker(index)
-        self.start_api()
-        self.wait_until_ready()
+        try:
+            self.start_servers()
+            for index in range(self.workers):
+                self.start_worker(index)
+            for index in range(self.measure_workers):
+                self.start_measure_worker(index)
+            self.start_api()
+            self.wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def supervise_once(self) -> list[str]:
         """Restart any child that exited (Redis and SeaweedFS on their ports with their data, workers, the
