@@ -14,10 +14,10 @@ DEMO_PROBE_DATA ?= data/phantoms-v3-4mm-probe
 DEMO_BASE ?= data/demo-model-0.3.1
 DEMO_BASE_COMMIT ?= d55347d
 DEMO_MODEL ?= data/demo-model-0.4.0
-DEMO_FINETUNE_STEPS ?= 2400
+DEMO_FINETUNE_STEPS ?= 1600
 DEMO_CONDITION_DROPOUT ?= 0.1
 DEMO_GUIDANCE ?= 1
-DEMO_PROBE_STEPS ?= 1500
+DEMO_PROBE_STEPS ?= 4000
 DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
 classifier-free guidance on MNI152 phantoms covering its whole accepted range
 DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
