@@ -149,6 +149,12 @@ async function renderForm() {
     const steps = el("input", { type: "number", name: "steps", id: "steps", min: 1, max: model.max_steps, step: 1,
                                 placeholder: String(model.samplers[samplers[0]].default_steps) });
     sampler.addEventListener("change", () => { steps.placeholder = String(model.samplers[sampler.value].default_steps); });
+    // classifier-free guidance, for models trained with condition dropout (GET /v1/models: guidance.max > 1)
+    const guided = model.guidance && model.guidance.max > model.guidance.min;
+    const guidance = guided ? [el("label", { for: "guidance", text: "guidance" }),
+      el("input", { type: "number", id: "guidance", name: "guidance", min: model.guidance.min, max: model.guidance.max,
+                    step: 0.5, placeholder: String(model.guidance.default) }),
+      el("span", { class: "range-hint", text: `${model.guidance.min}-${model.guidance.max}; larger follows the covariates more closely; empty: ${model.guidance.default}` })] : [];
     specific.replaceChildren(
       el("p", { class: "range-hint", text: [model.description, `grid ${model.image_shape.join("×")} at ` +
         `${model.voxel_size_mm[0]} mm`, model.intended_use].filter(Boolean).join(". ") }),
@@ -161,7 +167,8 @@ async function renderForm() {
         el("div", { class: "row" }, sampler,
           el("label", { for: "steps", text: "steps" }), steps,
           el("span", { class: "range-hint", text: `1-${model.max_steps}; empty: the sampler's default` })),
-        fieldError("sampler")),
+        el("div", { class: "row" }, ...guidance),
+        fieldError("sampler"), fieldError("guidance")),
       el("label", { class: "row" }, el("input", { type: "checkbox", id: "extrapolate", name: "extrapolate" }),
         "Allow covariates outside the model's training range (extrapolate; less reliable)"),
       fieldError("extrapolate"));
@@ -211,6 +218,7 @@ function requestFromForm(form) {
   }
   request.covariates.sex = { female_fraction: number("female_fraction") };
   if (number("steps") !== null) request.sampler.steps = number("steps");
+  if (form.elements.guidance && number("guidance") !== null) request.guidance = number("guidance");
   if (form.elements.extrapolate.checked) request.extrapolate = true;
   return request;
 }
