@@ -16,7 +16,7 @@ DEMO_BASE_COMMIT ?= d55347d
 DEMO_MODEL ?= data/demo-model-0.4.0
 DEMO_FINETUNE_STEPS ?= 1600
 DEMO_CONDITION_DROPOUT ?= 0.1
-DEMO_GUIDANCE ?= 1
+DEMO_GUIDANCE ?= 2
 DEMO_PROBE_STEPS ?= 4000
 DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
 classifier-free guidance on MNI152 phantoms covering its whole accepted range
