@@ -19,7 +19,8 @@ DEMO_CONDITION_DROPOUT ?= 0.1
 DEMO_GUIDANCE ?= 2
 DEMO_PROBE_STEPS ?= 4000
 DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
-classifier-free guidance on MNI152 phantoms covering its whole accepted range
+classifier-free guidance on MNI152 phantoms covering its whole accepted range; follows ventricular volume closely \
+(r 0.97 at its default guidance 2) and brain volume only weakly (r 0.49)
 DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
 MNI152 phantoms, not on real subjects
 
