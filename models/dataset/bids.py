@@ -418,7 +418,7 @@ def record_from_sidecar(participant: str, sidecar: dict[str, Any]) -> SubjectRec
     )  # fmt: skip
     return SubjectRecord(
         participant, covariates, values, int(sidecar["Seed"]), sidecar["Sampler"], int(sidecar["NumInferenceSteps"]),
-        measurement, int(sidecar.get("Attempt", 1)), float(sidecar.get("GuidanceScale", 1.0)),
+        measurement, int(sidecar.get("Attempt", 1)), None if (w := sidecar.get("GuidanceScale")) is None else float(w),
     )  # type: ignore[arg-type]  # fmt: skip
 
 
