@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from models.dataset.bids import QC_REPORT, QC_SCATTER
 from service.api.deps import CohortServiceDep, Reader
 from service.archive import parse_range
+from service.cohorts import CohortService
 from service.openapi import ARCHIVE_RESPONSES, ERROR_RESPONSES, RANGED_ARCHIVE_RESPONSES
 
 router = APIRouter(prefix="/v1/cohorts", tags=["cohorts"])
@@ -29,18 +30,42 @@ PREVIEW_ROUTES = (
 PREVIEW_CACHE = "private, max-age=86400, immutable"
 
 
-@router.api_route("/{cohort_id}/archive", methods=["GET", "HEAD"], responses=RANGED_ARCHIVE_RESPONSES)
+RangeHeader = Annotated[str | None, Header(alias="Range", description="bytes=first-last, first- or -count")]
+IfRangeHeader = Annotated[str | None, Header(alias="If-Range", description="the ETag the range belongs to")]
+
+
+@router.get("/{cohort_id}/archive", responses=RANGED_ARCHIVE_RESPONSES)
 def archive(
     request: Request,
     cohort_id: str,
     tenant: Reader,
     cohorts: CohortServiceDep,
-    range_header: Annotated[str | None, Header(alias="Range")] = None,
-    if_range: Annotated[str | None, Header(alias="If-Range")] = None,
+    range_header: RangeHeader = None,
+    if_range: IfRangeHeader = None,
 ) -> Response:
     """The cohort's BIDS dataset as a ZIP (ZIP64, stored), streamed from object storage, with its length, an
     ETag, and single byte ranges (206; 416 outside it) so an interrupted download resumes where it stopped;
-    ``If-Range`` with another ETag (the cohort changed) gets the whole archive again. HEAD: the headers alone."""
+    ``If-Range`` with another ETag (the cohort changed) gets the whole archive again."""
+    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range)
+
+
+@router.head("/{cohort_id}/archive", responses=RANGED_ARCHIVE_RESPONSES)
+def archive_headers(
+    request: Request,
+    cohort_id: str,
+    tenant: Reader,
+    cohorts: CohortServiceDep,
+    range_header: RangeHeader = None,
+    if_range: IfRangeHeader = None,
+) -> Response:
+    """The archive's headers alone: its length, ETag and ``Accept-Ranges`` (what a download manager asks first)."""
+    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range)
+
+
+def _archive(
+    request: Request, cohort_id: str, tenant: str, cohorts: CohortService, range_header: str | None,
+    if_range: str | None,
+) -> Response:  # fmt: skip
     layout, etag = cohorts.archive(cohorts.load(tenant, cohort_id))
     headers = {"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.zip"', "Accept-Ranges": "bytes",
                "ETag": etag}  # fmt: skip
