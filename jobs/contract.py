@@ -21,6 +21,7 @@ from models.dataset.bids import DEFAULT_QC_TOLERANCE
 #: Celery task names: the API sends tasks by these names and never imports the worker code.
 GENERATE_SUBJECTS = "cohort.generate_subjects"
 FINALIZE_COHORT = "cohort.finalize"
+DISPATCH_BATCHES = "cohort.dispatch_batches"
 MEASURE_SUBJECT = "cohort.measure_subject"
 #: The measuring workers' own Celery queue (CPU, SAMSEG's environment): GPU workers never wait for a segmenter.
 MEASURE_QUEUE = "measure"
@@ -123,6 +124,16 @@ class FinalizeJob(BaseModel):
     tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     model: str
+
+
+class DispatchJob(BaseModel):
+    """Queue the next chunk of a large cohort's batches, from batch index ``start`` (:mod:`jobs.dispatch`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    cohort_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    start: int = Field(ge=0)
 
 
 class MeasureJob(BaseModel):

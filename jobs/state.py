@@ -358,17 +358,20 @@ def write_final_state(store: ObjectStore, record: CohortRecord) -> None:
     store.put_bytes(state_json_key(record.tenant, record.id), json.dumps(document).encode(), "application/json")
 
 
+def read_stored_cohort(store: ObjectStore, tenant: str, cohort_id: str) -> StoredCohort | None:
+    """The cohort's ``cohort.json``; ``None`` when it never existed or was deleted."""
+    raw = store.get_bytes_if_present(cohort_json_key(tenant, cohort_id))
+    return None if raw is None else StoredCohort.model_validate_json(raw)
+
+
 def recover_cohort(state: CohortState, store: ObjectStore, tenant: str, cohort_id: str) -> CohortRecord | None:
     """Rebuild a cohort's Redis record from object storage (after Redis lost it); ``None`` if unknown.
 
     Done subjects are those whose sidecar exists; the status is the stored final one, else running or
     queued. The caller re-queues the batches that still have a subject to store (:func:`stored_subjects`).
     """
-    raw = store.get_bytes_if_present(cohort_json_key(tenant, cohort_id))
-    if raw is None:  # never existed, or deleted meanwhile
-        return None
-    stored = StoredCohort.model_validate_json(raw)
-    if stored.tenant != tenant:
+    stored = read_stored_cohort(store, tenant, cohort_id)
+    if stored is None or stored.tenant != tenant:  # never existed, or deleted meanwhile
         return None
     done = stored_subjects(store, stored)
     final_raw = store.get_bytes_if_present(state_json_key(tenant, cohort_id))

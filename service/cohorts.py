@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.contract import GENERATE_SUBJECTS, MEASURE_SUBJECT, MeasureJob, SubjectBatch, SubjectJob
+from jobs.contract import MEASURE_SUBJECT, MeasureJob, SubjectJob
+from jobs.dispatch import dispatch_chunk
 from jobs.queue import create_app as create_celery
 from jobs.records import StreamDigest, archive_index_key
 from jobs.state import (
@@ -38,6 +40,7 @@ from jobs.state import (
     connect,
     link_secret,
     preview_key,
+    read_stored_cohort,
     recover_cohort,
     register_cohort,
     samseg_attempts,
@@ -77,6 +80,9 @@ from service.schemas import CohortPage, CohortRequest, CohortStatus, Progress, S
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+#: Parsed ``cohort.json`` documents the API keeps (each up to ~40 MB parsed at 100,000 subjects).
+STORED_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,8 @@ class CohortService:
         self.state = CohortState(connect(settings.broker_url, retries=3))
         self.celery = create_celery(settings)
         self.links = LinkSigner(lambda: link_secret(self.state.redis))
+        self._stored_cache: dict[tuple[str, str], StoredCohort] = {}
+        self._stored_lock = threading.Lock()
 
     # -- submission -------------------------------------------------------------------------------
     def ready_model(self, name: str) -> ModelEntry:
@@ -319,6 +327,7 @@ class CohortService:
             if idempotency_key is not None:
                 self.state.release_idempotency_key(tenant, idempotency_key, cohort_id)
             raise
+        self._cache_stored(stored)
         self.enqueue(stored)
         return record, True
 
@@ -338,11 +347,10 @@ class CohortService:
         return binding["cohort_id"]
 
     def enqueue(self, stored: StoredCohort, done: set[str] | None = None) -> None:
-        """One task per batch of the cohort (``subjects_per_task`` consecutive subjects, sampled together by
-        a worker); with ``done``, only the batches that still have a subject to store."""
-        for subjects in stored.batches():
-            if done is None or any(job.participant_id not in done for job in subjects):
-                self.celery.send_task(GENERATE_SUBJECTS, args=[SubjectBatch(subjects=subjects).model_dump()])
+        """The cohort's first chunk of batches (``subjects_per_task`` consecutive subjects each, sampled together
+        by a worker) and the continuation that queues the rest (:mod:`jobs.dispatch`); with ``done``, only the
+        batches that still have a subject to store."""
+        dispatch_chunk(self.celery, stored, 0, done or ())
 
     def _await_record(self, tenant: str, cohort_id: str, timeout: float = 5.0) -> CohortRecord:
         """The cohort a concurrent request with the same Idempotency-Key is creating."""
@@ -384,11 +392,25 @@ class CohortService:
         return record
 
     def stored(self, record: CohortRecord) -> StoredCohort:
-        """The cohort's request as stored; 404 when it is gone (deleted while this request was answered)."""
-        raw = self.store.get_bytes_if_present(cohort_json_key(record.tenant, record.id))
-        if raw is None:
-            raise CohortNotFound(record.id)
-        return StoredCohort.model_validate_json(raw)
+        """The cohort's request as stored; 404 when it is gone (deleted while this request was answered).
+
+        ``cohort.json`` never changes once written, so the last few read are kept parsed: paging through a
+        100,000-subject cohort reads and parses its ~40 MB once, not once a page.
+        """
+        key = (record.tenant, record.id)
+        stored = self._stored_cache.get(key)
+        if stored is None:
+            stored = read_stored_cohort(self.store, record.tenant, record.id)
+            if stored is None:
+                raise CohortNotFound(record.id)
+            self._cache_stored(stored)
+        return stored
+
+    def _cache_stored(self, stored: StoredCohort) -> None:
+        with self._stored_lock:
+            self._stored_cache[(stored.tenant, stored.id)] = stored
+            while len(self._stored_cache) > STORED_CACHE_SIZE:
+                self._stored_cache.pop(next(iter(self._stored_cache)))
 
     def status(self, record: CohortRecord) -> CohortStatus:
         """The cohort's status body (progress, times, the completed request, links)."""
@@ -538,4 +560,6 @@ class CohortService:
         # The record goes first: a task still holding one of its subjects stops at its next heartbeat and
         # removes whatever it wrote after this (worker.tasks); queued tasks find no cohort and do not run.
         self.state.delete(record)
+        with self._stored_lock:
+            self._stored_cache.pop((record.tenant, record.id), None)
         self.store.delete_prefix(cohort_prefix(record.tenant, record.id))

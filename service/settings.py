@@ -40,7 +40,8 @@ class ServiceSettings(JobSettings):
     #: Tenant -> API key (``BRAINSYNTH_API_KEYS``: JSON or ``TENANT=KEY,...``); merged with the file's.
     api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     api_keys_file: Path | None = None
-    max_subjects_per_cohort: int = Field(1000, ge=1)
+    #: Most subjects one cohort may ask for (the paper released 100,000); queued in chunks (:mod:`jobs.dispatch`).
+    max_subjects_per_cohort: int = Field(100_000, ge=1, le=100_000)
     max_active_cohorts_per_tenant: int = Field(4, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     #: Most rows a ``like`` reference table may have (413 past it; the body limit applies as well).

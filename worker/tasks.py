@@ -12,8 +12,26 @@ from typing import Any
 
 from celery import Task
 
-from jobs.contract import FINALIZE_COHORT, GENERATE_SUBJECTS, FinalizeJob, SubjectBatch, SubjectResult
-from jobs.state import FINAL, WORKERS_KEY, CohortRecord, Status, count_subjects, recover_cohort, write_final_state
+from jobs.contract import (
+    DISPATCH_BATCHES,
+    FINALIZE_COHORT,
+    GENERATE_SUBJECTS,
+    DispatchJob,
+    FinalizeJob,
+    SubjectBatch,
+    SubjectResult,
+)
+from jobs.dispatch import continue_dispatch
+from jobs.state import (
+    FINAL,
+    WORKERS_KEY,
+    CohortRecord,
+    Status,
+    count_subjects,
+    read_stored_cohort,
+    recover_cohort,
+    write_final_state,
+)
 from jobs.storage import StorageError, cohort_prefix
 from models.catalogue.config import read_model_config
 from models.catalogue.registry import resolve_model_dir
@@ -97,6 +115,16 @@ def generate_subjects_task(self: Task, payload: dict[str, Any]) -> list[dict[str
     stored = {r.participant_id for r in results if r.outcome != "not_run"}
     settle_generated(app, state, record, participants, [job for job in batch.subjects if job.participant_id in stored])
     return [result.model_dump() for result in results]
+
+
+@app.task(name=DISPATCH_BATCHES)
+def dispatch_batches_task(payload: dict[str, Any]) -> int:
+    """Queue the next chunk of a large cohort's batches (:mod:`jobs.dispatch`); returns the tasks queued."""
+    job = DispatchJob.model_validate(payload)
+    stored = read_stored_cohort(process.store, job.tenant, job.cohort_id)
+    if stored is None:  # deleted
+        return 0
+    return continue_dispatch(app, process.state, stored, job)
 
 
 @app.task(name=FINALIZE_COHORT)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.dispatch import DISPATCH_CHUNK_BATCHES
 from service.localstack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +129,39 @@ def _tls_answers_without_a_client_certificate(port: int) -> bool:
         return False
 
 
+def _call(url: str, method: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.loads(response.read())
+
+
+def _queue_tasks(url: str) -> dict[str, float]:
+    """The broker's task counts by state, read from the API's /metrics as an operator's dashboard does."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r'^brainsynth_queue_tasks\{state="(\w+)"\} (\S+)$', text, re.M)
+    return {state: float(value) for state, value in found}
+
+
+def _a_huge_cohort_is_accepted_and_its_cancel_empties_the_queue(url: str) -> None:
+    """The shipped limit takes the paper's 100,000 brains in one cohort: the POST answers 202 with one chunk of
+    work queued (not 25,000 tasks), and a cancel leaves nothing of it queued within a minute."""
+    huge = {"model": "demo", "n_subjects": 100_000, "seed": 5, "sampler": {"name": "dpmpp2m", "steps": 2}, "qc": "none"}
+    status, body = _call(url + "/v1/cohorts", "POST", huge)
+    assert status == 202 and body["progress"]["total"] == 100_000
+    assert 0 < _queue_tasks(url)["queued"] <= DISPATCH_CHUNK_BATCHES + 1
+    status, body = _call(url + f"/v1/cohorts/{body['id']}/cancel", "POST")
+    assert status == 200 and body["status"] == "canceled"
+    deadline = time.monotonic() + 60
+    while (counts := _queue_tasks(url))["queued"] + counts["unacked"] > 0:
+        assert time.monotonic() < deadline, f"the canceled cohort's work is still queued a minute later: {counts}"
+        time.sleep(1)
+    _, after = _call(url + f"/v1/cohorts/{body['id']}", "GET")
+    assert after["status"] == "canceled" and after["progress"]["done"] < 100
+
+
 def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -154,6 +190,7 @@ def test_up_supervises_every_child_and_ctrl_c_stops_everything(tmp_path: Path) -
         request = urllib.request.Request(url + "/v1/models", headers={"Authorization": "Bearer k"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
+        _a_huge_cohort_is_accepted_and_its_cancel_empties_the_queue(url)
         workers = [pid for pid in children if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert len(workers) >= 2
         os.kill(workers[0], signal.SIGKILL)
