@@ -106,6 +106,24 @@ class ZipLayout:
                 yield from read_object(part.key, begin - offset, end - begin)
 
 
+def subject_of(name: str) -> str | None:
+    """The participant an archive entry belongs to (its first ``sub-*`` path component, derivatives included);
+    ``None`` for a dataset-level file (participants.tsv, dataset_description.json, SHA256SUMS, ...)."""
+    return next((part for part in name.split("/")[:-1] if part.startswith("sub-")), None)
+
+
+def archive_part(entries: Sequence[ArchiveEntry], part: int, parts: int) -> list[ArchiveEntry]:
+    """Part ``part`` of ``parts`` (1-based) of an archive: every dataset-level file, and the files of a contiguous
+    ``1/parts`` share of the subjects in participant order (whole subjects, never split). Unzipped together, the
+    parts give exactly the whole archive's files; the split depends only on the cohort, so a part's bytes are
+    the same on every request."""
+    subjects = sorted({s for entry in entries if (s := subject_of(entry.name)) is not None})
+    if not 1 <= part <= parts <= max(len(subjects), 1):
+        raise ValueError(f"part {part} of {parts} is not a part of an archive of {len(subjects)} subjects")
+    mine = set(subjects[(part - 1) * len(subjects) // parts : part * len(subjects) // parts])
+    return [entry for entry in entries if subject_of(entry.name) in mine or subject_of(entry.name) is None]
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single ``Range: bytes=first-last`` (or ``bytes=first-``, or the suffix ``bytes=-count``) as (start, stop
     exclusive) within ``size`` bytes (RFC 9110 section 14); ``None`` where the whole content is the answer (no

@@ -65,7 +65,7 @@ from models.cohort.design import (
 from models.cohort.like import ReferenceTable, like_subjects
 from models.dataset.bids import DEFAULT_QC_TOLERANCE, MANIFEST, sidecar_path, t1w_path
 from models.errors import ConditioningError, SamplingError
-from service.archive import ArchiveEntry, ZipLayout
+from service.archive import ArchiveEntry, ZipLayout, archive_part, subject_of
 from service.errors import (
     ActiveLimitReached,
     BodyTooLarge,
@@ -491,25 +491,59 @@ class CohortService:
             )
         return objects
 
-    def archive(self, record: CohortRecord) -> tuple[ZipLayout, str]:
-        """The finished cohort's ZIP layout (its files under ``cohort-{id}/``, the manifest last) and its ETag.
+    def archive(self, record: CohortRecord, part: int | None = None, parts: int | None = None) -> tuple[ZipLayout, str]:
+        """The finished cohort's ZIP layout (its files under ``cohort-{id}/``, the manifest last) and its ETag;
+        with ``part`` and ``parts``, that part of it (:func:`service.archive.archive_part`).
 
         Sizes and CRC-32 come from the archive index finalisation writes (:func:`jobs.records.archive_index_key`);
         a cohort finalised without one has its files read once to make it (then it is kept). The ETag is the
         index's hash: it changes whenever any file of the cohort does, so a resumed download never mixes two.
         """
+        index, raw = self._archive_index(record)
+        prefix = bids_prefix(record.tenant, record.id)
+        root = f"cohort-{record.id}/"
+        entries = [ArchiveEntry(root + relative, size, crc, prefix + relative) for relative, size, crc in index]
+        version = hashlib.sha256(raw)
+        if part is not None or parts is not None:
+            entries = self._part(entries, part, parts)
+            version.update(f"part {part} of {parts}".encode())
+        return ZipLayout(entries), '"' + version.hexdigest()[:40] + '"'
+
+    @staticmethod
+    def _part(entries: list[ArchiveEntry], part: int | None, parts: int | None) -> list[ArchiveEntry]:
+        """The entries of one part of the archive (422 naming ``part`` or ``parts`` when they do not name one)."""
+        if part is None or parts is None:
+            missing = "part" if part is None else "parts"
+            raise InvalidField(["query", missing], "part and parts go together: ?part=1&parts=4 is the first of 4")
+        subjects = len({s for entry in entries if (s := subject_of(entry.name)) is not None})
+        if not 1 <= parts <= max(subjects, 1):
+            raise InvalidField(["query", "parts"], f"must be between 1 and the cohort's {subjects} subjects")
+        if not 1 <= part <= parts:
+            raise InvalidField(["query", "part"], f"must be between 1 and parts ({parts})")
+        return archive_part(entries, part, parts)
+
+    def file_manifest(self, record: CohortRecord, expiry_s: int) -> Iterator[dict[str, Any]]:
+        """Every file of the finished cohort, as the archive lays them out (manifest last), with its size and a
+        presigned URL valid ``expiry_s`` seconds: for tools that copy object by object. Signed as it streams."""
+        index, _ = self._archive_index(record)
+        prefix = bids_prefix(record.tenant, record.id)
+        for relative, size, _ in index:
+            url = self.store.presigned_get(prefix + relative, expiry_s)
+            yield {"path": relative, "size": size, "url": url, "expires_in_s": expiry_s}
+
+    def _archive_index(self, record: CohortRecord) -> tuple[list[list[Any]], bytes]:
+        """The finished cohort's archive index ([relative path, size, CRC-32] per file, manifest last) and its
+        stored bytes; made by reading the files once where finalisation wrote none (409 until finished)."""
         prefix = bids_prefix(record.tenant, record.id)
         objects = dict(self._finished_objects(record, "archive"))
         key = archive_index_key(record.tenant, record.id)
         raw = self.store.get_bytes_if_present(key)
         index = json.loads(raw) if raw is not None else None
-        if index is None or {prefix + relative: size for relative, size, _ in index} != objects:
+        if raw is None or index is None or {prefix + relative: size for relative, size, _ in index} != objects:
             index = self._index_by_reading(prefix, objects)
             raw = json.dumps(index).encode()
             self.store.put_bytes(key, raw, "application/json")
-        root = f"cohort-{record.id}/"
-        entries = [ArchiveEntry(root + relative, size, crc, prefix + relative) for relative, size, crc in index]
-        return ZipLayout(entries), '"' + hashlib.sha256(raw).hexdigest()[:40] + '"'
+        return index, raw
 
     def _index_by_reading(self, prefix: str, objects: dict[str, int]) -> list[list[Any]]:
         """An archive index made by reading every file once (a cohort finalised before indexes existed)."""

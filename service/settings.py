@@ -47,6 +47,8 @@ class ServiceSettings(JobSettings):
     #: Most rows a ``like`` reference table may have (413 past it; the body limit applies as well).
     max_like_rows: int = Field(5000, ge=10)
     presign_expiry_s: int = Field(300, ge=5, le=3600)
+    #: How long the URLs of ``/archive/manifest`` stay valid: a copy of 300,000 objects takes hours (S3 allows 7 days).
+    manifest_expiry_s: int = Field(86_400, ge=60, le=604_800)
     page_size_max: int = Field(100, ge=1)
     #: Subjects sampled together by a worker (one UNet batch per task); part of how a subject's bytes are made.
     subjects_per_task: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=16)

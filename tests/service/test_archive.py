@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.archive import ArchiveEntry, ZipLayout, parse_range
+from service.archive import ArchiveEntry, ZipLayout, archive_part, parse_range, subject_of
 
 CHUNK = b"\x00" * (1 << 20)
 
@@ -128,3 +128,30 @@ def _crc_of_zeros(size: int) -> int:
     for _ in range(size // len(CHUNK)):
         crc = zlib.crc32(CHUNK, crc)
     return crc
+
+
+def test_parts_split_whole_subjects_contiguously_and_each_carries_the_dataset_files() -> None:
+    root = "cohort-x/"
+    names = ["dataset_description.json", "participants.tsv", "derivatives/samseg/dataset_description.json"]
+    for i in range(1, 8):
+        names += [f"sub-{i:06d}/anat/sub-{i:06d}_T1w.nii.gz", f"sub-{i:06d}/anat/sub-{i:06d}_T1w.json",
+                  f"derivatives/samseg/sub-{i:06d}/anat/sub-{i:06d}_dseg.nii.gz"]  # fmt: skip
+    names.append("SHA256SUMS")
+    entries = [ArchiveEntry(root + name, 10, 0, name) for name in names]
+    assert subject_of(root + "derivatives/samseg/sub-000003/anat/x.nii.gz") == "sub-000003"
+    assert subject_of(root + "participants.tsv") is None
+    parts = [archive_part(entries, part, 3) for part in (1, 2, 3)]
+    subjects = [sorted({subject_of(e.name) for e in p} - {None}) for p in parts]
+    assert subjects == [["sub-000001", "sub-000002"], ["sub-000003", "sub-000004"],
+                        ["sub-000005", "sub-000006", "sub-000007"]]  # fmt: skip
+    for part in parts:
+        assert part[-1].name.endswith("SHA256SUMS")
+        assert {e.name for e in part if subject_of(e.name) is None} == {root + n for n in names if "sub-" not in n}
+        # a subject's files travel together: its derivative with its image
+        for subject in {subject_of(e.name) for e in part} - {None}:
+            assert sum(subject_of(e.name) == subject for e in part) == 3
+    assert sorted({e.name for p in parts for e in p}) == sorted(e.name for e in entries)
+    assert archive_part(entries, 1, 1) == entries
+    for part, count in ((0, 3), (4, 3), (1, 8)):
+        with pytest.raises(ValueError):
+            archive_part(entries, part, count)

@@ -144,6 +144,62 @@ def test_the_archive_has_a_length_an_etag_and_byte_ranges_for_resuming(
     )
 
 
+def test_the_archive_in_parts_is_whole_subjects_and_together_the_whole_dataset(
+    client: BrainSynthClient, reference_cohort: str, tmp_path: Path
+) -> None:
+    """?part=i&parts=k: each part a valid ZIP of every dataset file and whole subjects, the same bytes on every
+    request; the parts unzipped into one folder are the whole archive's files and `sha256sum -c` passes there."""
+    import subprocess
+
+    url = f"/v1/cohorts/{reference_cohort}/archive"
+    with zipfile.ZipFile(io.BytesIO(client.http.get(url).raise_for_status().content)) as whole:
+        every = {info.filename: whole.read(info) for info in whole.infolist()}
+    dataset_files = {name for name in every if "/sub-" not in name}
+    together: dict[str, bytes] = {}
+    subjects_per_part = []
+    for part in (1, 2, 3):
+        response = client.http.get(url, params={"part": part, "parts": 3}).raise_for_status()
+        assert response.headers["Content-Length"] == str(len(response.content))
+        assert f"part-{part}-of-3.zip" in response.headers["Content-Disposition"]
+        again = client.http.get(url, params={"part": part, "parts": 3}, headers={"Range": "bytes=10-"})
+        assert again.status_code == 206 and again.content == response.content[10:]
+        assert again.headers["ETag"] == response.headers["ETag"]
+        with zipfile.ZipFile(io.BytesIO(response.content)) as bundle:
+            assert bundle.testzip() is None
+            names = bundle.namelist()
+            assert names[-1].endswith("/SHA256SUMS") and dataset_files <= set(names)
+            subjects = {name.split("/")[1] for name in names if "/sub-" in name}
+            subjects_per_part.append(len(subjects))
+            for name in names:
+                together[name] = bundle.read(name)
+                bundle.extract(name, tmp_path)
+    assert sorted(subjects_per_part) == [1, 1, 2] and together == every
+    checked = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / f"cohort-{reference_cohort}",
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for params, field in (({"part": 1}, "parts"), ({"parts": 2}, "part"), ({"part": 3, "parts": 2}, "part"),
+                          ({"part": 1, "parts": 5}, "parts"), ({"part": 0, "parts": 2}, "part")):  # fmt: skip
+        refused = client.http.get(url, params=params)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field], params
+
+
+def test_the_file_manifest_gives_every_file_a_working_presigned_url(
+    client: BrainSynthClient, reference_cohort: str
+) -> None:
+    """/archive/manifest: one JSON line per file in the archive's order, each URL giving that file's bytes."""
+    url = f"/v1/cohorts/{reference_cohort}/archive"
+    with zipfile.ZipFile(io.BytesIO(client.http.get(url).raise_for_status().content)) as whole:
+        every = {info.filename.split("/", 1)[1]: whole.read(info) for info in whole.infolist()}
+    response = client.http.get(url + "/manifest").raise_for_status()
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line["path"] for line in lines] == list(every)
+    for line in lines:
+        fetched = httpx.get(line["url"], timeout=30).raise_for_status().content
+        assert fetched == every[line["path"]] and line["size"] == len(fetched)
+        assert line["expires_in_s"] == 86_400
+
+
 def test_every_bad_request_is_a_4xx_naming_the_field(stack: LocalStack, client: BrainSynthClient) -> None:
     before = len(client.list(page_size=100)["cohorts"])
     cases = [

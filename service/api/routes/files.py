@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from models.dataset.bids import QC_REPORT, QC_SCATTER
-from service.api.deps import CohortServiceDep, Reader
+from service.api.deps import CohortServiceDep, Reader, SettingsDep
 from service.archive import parse_range
 from service.cohorts import CohortService
 from service.openapi import ARCHIVE_RESPONSES, ERROR_RESPONSES, RANGED_ARCHIVE_RESPONSES
@@ -30,6 +32,8 @@ PREVIEW_ROUTES = (
 PREVIEW_CACHE = "private, max-age=86400, immutable"
 
 
+PartQuery = Annotated[int | None, Query(ge=1, description="which part (1-based) of `parts`; with `parts`")]
+PartsQuery = Annotated[int | None, Query(ge=1, description="this many parts of whole subjects (at most one a subject)")]
 RangeHeader = Annotated[str | None, Header(alias="Range", description="bytes=first-last, first- or -count")]
 IfRangeHeader = Annotated[str | None, Header(alias="If-Range", description="the ETag the range belongs to")]
 
@@ -42,11 +46,15 @@ def archive(
     cohorts: CohortServiceDep,
     range_header: RangeHeader = None,
     if_range: IfRangeHeader = None,
+    part: PartQuery = None,
+    parts: PartsQuery = None,
 ) -> Response:
     """The cohort's BIDS dataset as a ZIP (ZIP64, stored), streamed from object storage, with its length, an
     ETag, and single byte ranges (206; 416 outside it) so an interrupted download resumes where it stopped;
-    ``If-Range`` with another ETag (the cohort changed) gets the whole archive again."""
-    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range)
+    ``If-Range`` with another ETag (the cohort changed) gets the whole archive again. With ``?part=i&parts=k``,
+    part i of k: every dataset-level file and a contiguous k-th of the subjects, whole; the k parts unzipped into
+    one folder are the whole dataset (``sha256sum -c SHA256SUMS`` there; ``--ignore-missing`` for one part)."""
+    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range, part, parts)
 
 
 @router.head("/{cohort_id}/archive", responses=RANGED_ARCHIVE_RESPONSES)
@@ -57,18 +65,20 @@ def archive_headers(
     cohorts: CohortServiceDep,
     range_header: RangeHeader = None,
     if_range: IfRangeHeader = None,
+    part: PartQuery = None,
+    parts: PartsQuery = None,
 ) -> Response:
     """The archive's headers alone: its length, ETag and ``Accept-Ranges`` (what a download manager asks first)."""
-    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range)
+    return _archive(request, cohort_id, tenant, cohorts, range_header, if_range, part, parts)
 
 
 def _archive(
     request: Request, cohort_id: str, tenant: str, cohorts: CohortService, range_header: str | None,
-    if_range: str | None,
+    if_range: str | None, part: int | None, parts: int | None,
 ) -> Response:  # fmt: skip
-    layout, etag = cohorts.archive(cohorts.load(tenant, cohort_id))
-    headers = {"Content-Disposition": f'attachment; filename="cohort-{cohort_id}.zip"', "Accept-Ranges": "bytes",
-               "ETag": etag}  # fmt: skip
+    layout, etag = cohorts.archive(cohorts.load(tenant, cohort_id), part, parts)
+    name = f"cohort-{cohort_id}" + (f"-part-{part}-of-{parts}" if part is not None else "") + ".zip"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "Accept-Ranges": "bytes", "ETag": etag}
     try:
         wanted = parse_range(range_header, layout.size) if if_range in (None, etag) else None
     except ValueError:
@@ -83,6 +93,24 @@ def _archive(
         return Response(status_code=status, headers=headers, media_type="application/zip")
     body = layout.read(start, stop, cohorts.read_object)
     return StreamingResponse(body, status_code=status, media_type="application/zip", headers=headers)
+
+
+@router.get(
+    "/{cohort_id}/archive/manifest",
+    response_class=StreamingResponse,
+    responses={
+        **ARCHIVE_RESPONSES,
+        200: {"content": {"application/x-ndjson": {}}, "description": "one JSON object a line: path, size, url"},
+    },
+)
+def archive_manifest(cohort_id: str, tenant: Reader, cohorts: CohortServiceDep, settings: SettingsDep) -> Response:
+    """Every file of the finished cohort, one JSON object a line (``path`` in the dataset, ``size`` in bytes, a
+    presigned ``url`` valid ``expires_in_s`` seconds), in the archive's order with ``SHA256SUMS`` last: for tools
+    that copy object by object, in parallel (the URLs are signed as the lines stream)."""
+    lines = cohorts.file_manifest(cohorts.load(tenant, cohort_id), settings.manifest_expiry_s)
+    first = next(lines)  # errors (409 unfinished) surface before the 200 starts
+    body = (json.dumps(item, separators=(",", ":")) + "\n" for item in itertools.chain([first], lines))
+    return StreamingResponse(body, media_type="application/x-ndjson", headers={"Cache-Control": "no-store"})
 
 
 @router.get(
