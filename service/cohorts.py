@@ -327,7 +327,6 @@ class CohortService:
             if idempotency_key is not None:
                 self.state.release_idempotency_key(tenant, idempotency_key, cohort_id)
             raise
-        self._cache_stored(stored)
         self.enqueue(stored)
         return record, True
 
@@ -479,17 +478,15 @@ class CohortService:
         next_token = subject_token(page[-1].participant_id) if start + size < len(jobs) and page else None
         return SubjectPage(cohort_id=record.id, subjects=out, next_page_token=next_token)
 
-    def _finished_objects(self, record: CohortRecord, what: str) -> list[tuple[str, int]]:
-        """The finished cohort's objects (key, size); 409 naming ``what`` until its manifest is written."""
+    def _check_finished(self, record: CohortRecord, what: str) -> None:
+        """409 naming ``what`` until the cohort has finished and its manifest (written last) is stored."""
         prefix = bids_prefix(record.tenant, record.id)
-        objects = self.store.list_objects(prefix)
-        if record.status not in FINAL or (prefix + MANIFEST) not in {key for key, _ in objects}:
+        if record.status not in FINAL or not self.store.exists(prefix + MANIFEST):
             raise CohortConflict(
                 f"cohort {record.id} is {record.status.value}: its {what} is ready once it has finished "
                 "(watch /events or poll the status)",
                 retry_after_s=5,
             )
-        return objects
 
     def archive(self, record: CohortRecord, part: int | None = None, parts: int | None = None) -> tuple[ZipLayout, str]:
         """The finished cohort's ZIP layout (its files under ``cohort-{id}/``, the manifest last) and its ETag;
@@ -533,17 +530,18 @@ class CohortService:
 
     def _archive_index(self, record: CohortRecord) -> tuple[list[list[Any]], bytes]:
         """The finished cohort's archive index ([relative path, size, CRC-32] per file, manifest last) and its
-        stored bytes; made by reading the files once where finalisation wrote none (409 until finished)."""
-        prefix = bids_prefix(record.tenant, record.id)
-        objects = dict(self._finished_objects(record, "archive"))
+        stored bytes (409 until finished). Finalisation writes it just before the manifest, so a finished cohort's
+        index lists its files without listing the bucket (one GET, whatever the cohort's size); a cohort finalised
+        before indexes existed has its files listed and read once to make one."""
+        self._check_finished(record, "archive")
         key = archive_index_key(record.tenant, record.id)
         raw = self.store.get_bytes_if_present(key)
-        index = json.loads(raw) if raw is not None else None
-        if raw is None or index is None or {prefix + relative: size for relative, size, _ in index} != objects:
-            index = self._index_by_reading(prefix, objects)
+        if raw is None:
+            prefix = bids_prefix(record.tenant, record.id)
+            index = self._index_by_reading(prefix, dict(self.store.list_objects(prefix)))
             raw = json.dumps(index).encode()
             self.store.put_bytes(key, raw, "application/json")
-        return index, raw
+        return json.loads(raw), raw
 
     def _index_by_reading(self, prefix: str, objects: dict[str, int]) -> list[list[Any]]:
         """An archive index made by reading every file once (a cohort finalised before indexes existed)."""
@@ -563,7 +561,7 @@ class CohortService:
     def qc_file(self, record: CohortRecord, name: str) -> bytes:
         """A finished, measured cohort's QC report or scatter plot (409 until it has finished, 404 when its
         subjects were not measured)."""
-        self._finished_objects(record, "QC report")
+        self._check_finished(record, "QC report")
         content = self.store.get_bytes_if_present(bids_prefix(record.tenant, record.id) + name)
         if content is None:
             raise NotFound(f"cohort {record.id} was not measured (qc {record.request.get('qc', 'none')}): no QC report")

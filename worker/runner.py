@@ -82,7 +82,7 @@ def generate_subjects(
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
     if first.attempt == 1:
-        done = stored_among(set(store.list_keys(prefix)), prefix, (job.participant_id for job in batch.subjects))
+        done = {job.participant_id for job in batch.subjects if store.exists(prefix + sidecar_path(job.participant_id))}
     else:  # a later attempt (sent back by a measuring worker) replaces the stored one, once
         stored_attempt = _stored_attempt(store, prefix, first.participant_id)
         done = {first.participant_id} if stored_attempt >= first.attempt else set()
