@@ -24,7 +24,7 @@ classifier-free guidance on MNI152 phantoms covering its whole accepted range; f
 DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
 MNI152 phantoms, not on real subjects
 
-.PHONY: help install test test-slow lint format demo demo-model bench bench-qc chaos clean
+.PHONY: help install test test-slow lint format demo demo-model bench bench-scale bench-qc chaos clean
 
 help:
 	@echo "make demo   - install, start the service locally, generate a 4-subject demo cohort into $(DEMO_OUT)"
@@ -32,6 +32,7 @@ help:
 	@echo "make test-slow - full-size (paper-scale) tests, minutes on a CPU"
 	@echo "make lint   - ruff check + format check"
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
+	@echo "make bench-scale - cohorts of 10 to 10,000 subjects through brainsynth up: service time per subject, finalisation, Redis bytes"
 	@echo "make bench-qc - acceptance rate and spread of a demo cohort with --max-attempts 1 and 3 (probe)"
 	@echo "make chaos  - the fault suite: brainsynth up as shipped, a 20-subject cohort under kills and outages (~15 min)"
 	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate and sweep guidance (CPU, hours)"
@@ -113,6 +114,10 @@ bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # What max_attempts does to a cohort's spread and acceptance (demo, probe, tight tolerance); a table.
+# The service's own cost from 10 to 10,000 subjects through `brainsynth up` (~45 min on 2 CPUs); BENCH_SCALE_ARGS='--sizes 10 100'.
+bench-scale: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
+
 bench-qc: install
 	$(BIN)/python -m bench.regeneration
 

@@ -3,8 +3,9 @@
 2 steps; ``qc: none``) so that what is measured is the service, not the sampler.
 
 Per cohort size: wall time from POST to ``succeeded``; the in-process sampling time of the same subjects
-(measured once on 64 of them in this process: :func:`sampling_seconds_per_subject`); the service time per
-subject (wall minus sampling, over N); finalisation (the last subject stored to ``succeeded``, as a client
+(measured once on 64 of them in this process: :func:`sampling_seconds_per_subject`) and ``brainsynth sample``'s
+per subject as a user runs it (:func:`cli_sample_seconds_per_subject`); the service time per subject (wall
+minus sampling, over N); finalisation (the last subject stored to ``succeeded``, as a client
 polling every 0.25 s sees it); p99 of ``GET /v1/cohorts/{id}`` and ``/healthz`` while the cohort runs; the
 slowest of a few ``/subjects`` pages (first and middle); Redis memory per subject (``used_memory`` after minus
 before, the Celery results of the cohort's tasks included). The largest cohort is then checked: every subject
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench.run import format_table
 from models.catalogue.registry import resolve_model_dir
 from models.cohort.conditioning import Covariates
 from models.cohort.design import DEFAULT_BATCH_SIZE, subject_seed
@@ -57,8 +59,22 @@ def sampling_seconds_per_subject(n: int = 64) -> float:
     return (time.perf_counter() - started) / n
 
 
+def cli_sample_seconds_per_subject(n: int = 100) -> float:
+    """``brainsynth sample`` as a user runs it (whole process, default flags but the bench's sampler and
+    ``--qc none``): the extra seconds of ``n`` subjects over 4, per subject (import and model load cancel)."""
+    walls = []
+    for count in (4, n):
+        with tempfile.TemporaryDirectory() as out:
+            started = time.perf_counter()
+            subprocess.run(["brainsynth", "sample", "--model", "demo", "--n", str(count), "--seed", "7", "--sampler",
+                            SAMPLER["name"], "--steps", str(SAMPLER["steps"]), "--qc", "none", "--out", f"{out}/ds"],
+                           check=True, capture_output=True)  # fmt: skip
+            walls.append(time.perf_counter() - started)
+    return (walls[1] - walls[0]) / (n - 4)
+
+
 class LatencyProbe:
-    """Calls ``GET /v1/cohorts/{id}`` and ``GET /healthz`` in turn every 0.1 s while a cohort runs."""
+    """Calls ``GET /v1/cohorts/{id}`` and ``GET /healthz`` in turn every 0.25 s while a cohort runs."""
 
     def __init__(self, client: BrainSynthClient, cohort_id: str) -> None:
         self.client, self.cohort_id = client, cohort_id
@@ -69,7 +85,7 @@ class LatencyProbe:
 
     def _run(self) -> None:
         routes = {"status": f"/v1/cohorts/{self.cohort_id}", "healthz": "/healthz"}
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(0.25):
             for name, path in routes.items():
                 started = time.perf_counter()
                 code = self.client.http.get(path).status_code
@@ -106,7 +122,9 @@ def _page_ms(client: BrainSynthClient, cohort_id: str, n: int) -> float:
     return round(1000 * slowest, 1)
 
 
-def run_cohort(client: BrainSynthClient, connection: redis.Redis, n: int, sampling_s: float) -> dict[str, Any]:
+def run_cohort(
+    client: BrainSynthClient, connection: redis.Redis, n: int, sampling_s: float, cli_s: float
+) -> dict[str, Any]:
     """One cohort of ``n`` subjects through the stack; its row."""
     before = _redis_used(connection)
     started = time.perf_counter()
@@ -134,6 +152,7 @@ def run_cohort(client: BrainSynthClient, connection: redis.Redis, n: int, sampli
         "sampling_s": round(sampling_s * n, 1),
         "service_ms_per_subject": round(1000 * (wall - sampling_s * n) / n, 1),
         "wall_over_sampling": round(wall / (sampling_s * n), 2),
+        "wall_over_cli_sample": round(wall / (cli_s * n), 2),
         "finalisation_s": round(finished - (all_stored_at or finished), 2),
         "status_p99_ms": probe.p99_ms("status"),
         "healthz_p99_ms": probe.p99_ms("healthz"),
@@ -184,7 +203,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench-scale.json"))
     args = parser.parse_args()
     sampling_s = sampling_seconds_per_subject()
-    print(f"in-process sampling: {1000 * sampling_s:.1f} ms a subject (demo, dpmpp2m 2 steps)", flush=True)
+    cli_s = cli_sample_seconds_per_subject()
+    print(f"in-process sampling: {1000 * sampling_s:.1f} ms a subject, `brainsynth sample`: {1000 * cli_s:.1f} ms "
+          "(demo, dpmpp2m 2 steps)", flush=True)  # fmt: skip
     data = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     stack = LocalStack(data, {"bench": KEY}, port=free_port(), settings={"BRAINSYNTH_DEVICE": "cpu"}, gpus=[])
     rows, check = [], None
@@ -194,24 +215,21 @@ def main() -> None:
         connection = redis.Redis.from_url(stack.redis.url)
         with BrainSynthClient(stack.url, KEY) as client:
             client.http.timeout = httpx.Timeout(60.0)
-            run_cohort(client, connection, DEFAULT_BATCH_SIZE, sampling_s)  # warm-up: the worker loads the model
+            run_cohort(client, connection, DEFAULT_BATCH_SIZE, sampling_s, cli_s)  # warm-up: the worker loads the model
             for n in args.sizes:
                 print(f"cohort of {n} subjects ...", flush=True)
-                rows.append(run_cohort(client, connection, n, sampling_s))
+                rows.append(run_cohort(client, connection, n, sampling_s, cli_s))
                 print(json.dumps(rows[-1]), flush=True)
             check = check_largest(stack, client, rows[-1], data)
     finally:
         stack.stop()
         shutil.rmtree(data, ignore_errors=True)
-    columns = [c for c in rows[0] if c != "cohort_id"]
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in columns) + " |")
+    print(format_table([{k: v for k, v in row.items() if k != "cohort_id"} for row in rows]))
     print(json.dumps(check))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpus": os.cpu_count(), "sampling_s_per_subject": sampling_s, "rows": rows,
-                                    "largest": check}, indent=2))  # fmt: skip
+    summary = {"cpus": os.cpu_count(), "sampling_s_per_subject": sampling_s, "cli_sample_s_per_subject": cli_s,
+               "rows": rows, "largest": check}  # fmt: skip
+    args.out.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
