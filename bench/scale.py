@@ -7,8 +7,9 @@ Per cohort size: wall time from POST to ``succeeded``; the in-process sampling t
 per subject as a user runs it (:func:`cli_sample_seconds_per_subject`); the service time per subject (wall
 minus sampling, over N); finalisation (the last subject stored to ``succeeded``, as a client
 polling every 0.25 s sees it); p99 of ``GET /v1/cohorts/{id}`` and ``/healthz`` while the cohort runs; the
-slowest of a few ``/subjects`` pages (first and middle); Redis memory per subject (``used_memory`` after minus
-before, the Celery results of the cohort's tasks included). The largest cohort is then checked: every subject
+slowest of a few ``/subjects`` pages (first and middle); Redis memory per subject, two ways: ``used_memory``
+after minus before (noisy for small cohorts), and the ``MEMORY USAGE`` of the cohort's keys and its tasks'
+Celery results. The largest cohort is then checked: every subject
 stored exactly once (the worker's log), and its archive downloaded in two goes (cut at a third, resumed with
 ``Range``), unpacked and verified with ``sha256sum -c``.
 
@@ -110,6 +111,16 @@ def _redis_used(connection: redis.Redis) -> int:
     return int(connection.info("memory")["used_memory"])
 
 
+def _redis_keys_bytes(connection: redis.Redis, cohort_id: str, before: set[bytes]) -> int:
+    """``MEMORY USAGE`` of what the cohort left in Redis: its own keys and the Celery results of its tasks (the
+    keys that appeared during its run), read after it finished."""
+    total = 0
+    for key in connection.scan_iter(count=10_000):
+        if cohort_id.encode() in key or (key.startswith(b"celery-task-meta-") and key not in before):
+            total += int(connection.memory_usage(key, samples=0) or 0)
+    return total
+
+
 def _page_ms(client: BrainSynthClient, cohort_id: str, n: int) -> float:
     """The slowest of the first page and a middle page, each asked three times."""
     middle = base64.urlsafe_b64encode(f"after:sub-{n // 2:06d}".encode()).decode()
@@ -127,6 +138,7 @@ def run_cohort(
 ) -> dict[str, Any]:
     """One cohort of ``n`` subjects through the stack; its row."""
     before = _redis_used(connection)
+    results_before = set(connection.scan_iter(match="celery-task-meta-*", count=10_000))
     started = time.perf_counter()
     cohort = client.submit({"model": "demo", "n_subjects": n, "seed": 7, "sampler": SAMPLER, "qc": "none"})
     post_s = time.perf_counter() - started
@@ -158,7 +170,8 @@ def run_cohort(
         "healthz_p99_ms": probe.p99_ms("healthz"),
         "http_5xx": sum(probe.errors.values()),
         "subjects_page_ms": _page_ms(client, cohort["id"], n),
-        "redis_bytes_per_subject": round(used / n),
+        "redis_used_bytes_per_subject": round(used / n),
+        "redis_keys_bytes_per_subject": round(_redis_keys_bytes(connection, cohort["id"], results_before) / n),
     }
 
 

@@ -11,6 +11,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -46,6 +47,10 @@ from worker import metrics
 from worker.writer import BackgroundWriter
 
 log = logging.getLogger(__name__)
+
+#: Uploads of one subject's files in parallel (object storage round trips, not CPU): a batch's last subject, which
+#: nothing overlaps, is stored in about one round trip instead of four.
+_UPLOADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="brainsynth-upload")
 
 
 def generate_subjects(
@@ -111,14 +116,25 @@ def generate_subjects(
                 made_by = settings if attempt == 1 else replace(settings, batch_size=1)
             _, files = subject_files(pipeline.config, kept_spec, sample, made_by, str(pipeline.device), measurement,
                                      attempt)  # fmt: skip
-            for relative, content in files.items():  # NIfTI first, sidecar last
-                if relative == sidecar_path(pid):  # the sidecar marks the subject stored: previews, record first
-                    for kind, png in render_previews(sample.volume, np.asarray(pipeline.config.affine)).items():
-                        store.put_bytes(preview_key(job.tenant, job.cohort_id, pid, kind), png, "image/png")
-                    if records is not None:
-                        records.put(job.tenant, job.cohort_id, pid, sidecar_essentials(json.loads(content)), files)
-                content_type = "application/gzip" if relative.endswith(".gz") else "application/json"
-                store.put_bytes(prefix + relative, content, content_type)
+            sidecar = sidecar_path(pid)
+            # Everything but the sidecar goes up at once (the image, the previews, the record); the sidecar, which
+            # marks the subject stored, only once they all are.
+            uploads = [
+                (prefix + relative, content, "application/gzip" if relative.endswith(".gz") else "application/json")
+                for relative, content in files.items()
+                if relative != sidecar
+            ]
+            previews = render_previews(sample.volume, np.asarray(pipeline.config.affine))
+            uploads += [
+                (preview_key(job.tenant, job.cohort_id, pid, kind), png, "image/png") for kind, png in previews.items()
+            ]
+            pending = [_UPLOADS.submit(store.put_bytes, *upload) for upload in uploads]
+            if records is not None:
+                essentials = sidecar_essentials(json.loads(files[sidecar]))
+                pending.append(_UPLOADS.submit(records.put, job.tenant, job.cohort_id, pid, essentials, files))
+            for future in pending:
+                future.result()
+            store.put_bytes(prefix + sidecar, files[sidecar], "application/json")
             device = str(pipeline.device)
             metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
             metrics.SUBJECTS.labels(job.model, job.sampler, device).inc()
