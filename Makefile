@@ -114,7 +114,7 @@ bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # What max_attempts does to a cohort's spread and acceptance (demo, probe, tight tolerance); a table.
-# The service's own cost from 10 to 10,000 subjects through `brainsynth up` (~45 min on 2 CPUs); BENCH_SCALE_ARGS='--sizes 10 100'.
+# The service's own cost from 10 to 10,000 subjects through `brainsynth up` (~30 min on 2 CPUs); BENCH_SCALE_ARGS='--sizes 10 100'.
 bench-scale: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
 
