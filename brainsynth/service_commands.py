@@ -100,6 +100,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     download.add_argument("cohort_id")
     download.add_argument("--out", type=Path, required=True, help="folder to unpack into (cohort-ID/ inside)")
     download.add_argument("--keep-zip", action="store_true", help="keep the ZIP instead of unpacking it")
+    download.add_argument("--part", type=int, metavar="I", help="only part I of --parts (1-based); with --parts")
+    download.add_argument(
+        "--parts", type=int, metavar="K", help="split into K ZIPs of whole subjects (all K in one --out: the lot)"
+    )
     client_options(download)
 
 
@@ -279,9 +283,21 @@ def _cmd_delete(client: BrainSynthClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_part(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--part I --parts K`` as (I, K); neither: the whole archive."""
+    if args.part is None and args.parts is None:
+        return None
+    if args.part is None or args.parts is None:
+        raise UsageError("--part and --parts go together: --part 1 --parts 4 is the first of 4")
+    if not 1 <= args.part <= args.parts:
+        raise UsageError(f"--part must be between 1 and --parts ({args.parts}), got {args.part}")
+    return args.part, args.parts
+
+
 def _cmd_download(client: BrainSynthClient, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    part = _download_part(args)
     with tqdm(unit="B", unit_scale=True, desc="download", file=sys.stderr) as bar:
 
         def total(size: int) -> None:
@@ -289,7 +305,7 @@ def _cmd_download(client: BrainSynthClient, args: argparse.Namespace) -> int:
             bar.refresh()
 
         path = client.download(args.cohort_id, args.out, on_bytes=bar.update, extract=not args.keep_zip,
-                               on_total=total)  # fmt: skip
+                               on_total=total, part=part)  # fmt: skip
     print(path.resolve())
     return 0
 

@@ -181,23 +181,31 @@ class BrainSynthClient:
         on_bytes: Callable[[int], None] | None = None,
         extract: bool = True,
         on_total: Callable[[int], None] | None = None,
+        part: tuple[int, int] | None = None,
     ) -> Path:
         """Stream the cohort's ZIP to ``out_dir/cohort-ID.zip``; with ``extract``, unpack it into ``out_dir``,
         check every file against the dataset's SHA256SUMS and return the dataset folder.
+
+        With ``part=(i, k)``, part i of k (``cohort-ID-part-i-of-k.zip``: the dataset files and a k-th of the
+        subjects); the k parts unpacked into one ``out_dir`` make the whole dataset, so each part's check is of
+        the files it brought (the whole SHA256SUMS holds once all are there).
 
         A download that broke off leaves ``cohort-ID.zip.part`` (and the archive's ETag beside it): the next
         call asks only for the missing bytes (``Range``, with ``If-Range`` so a cohort that changed meanwhile
         comes whole again instead of being spliced). ``on_total`` gets the archive's size once it is known."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        archive = out_dir / f"cohort-{cohort_id}.zip"
+        suffix = f"-part-{part[0]}-of-{part[1]}" if part else ""
+        archive = out_dir / f"cohort-{cohort_id}{suffix}.zip"
+        params = {"part": part[0], "parts": part[1]} if part else None
         partial = archive.with_suffix(".zip.part")
         tag_file = archive.with_suffix(".zip.etag")
         headers = {}
         if partial.is_file() and tag_file.is_file() and partial.stat().st_size > 0:
             headers = {"Range": f"bytes={partial.stat().st_size}-", "If-Range": tag_file.read_text()}
         try:
-            with self.http.stream("GET", f"/v1/cohorts/{cohort_id}/archive", headers=headers, timeout=None) as response:
+            url = f"/v1/cohorts/{cohort_id}/archive"
+            with self.http.stream("GET", url, params=params, headers=headers, timeout=None) as response:
                 if response.status_code == 416:  # the part is whole already
                     response.read()
                 elif response.status_code >= 400:
@@ -227,19 +235,22 @@ class BrainSynthClient:
         with zipfile.ZipFile(archive) as bundle:
             bundle.extractall(out_dir)
         dataset = out_dir / f"cohort-{cohort_id}"
-        verify_manifest(dataset)
+        verify_manifest(dataset, missing_ok=part is not None)
         archive.unlink()
         return dataset
 
 
-def verify_manifest(dataset: Path) -> int:
-    """Check every file listed in ``dataset/SHA256SUMS``; returns how many were checked."""
+def verify_manifest(dataset: Path, missing_ok: bool = False) -> int:
+    """Check every file listed in ``dataset/SHA256SUMS`` (with ``missing_ok``, those present: one part of the
+    archive); returns how many were checked."""
     manifest = dataset / "SHA256SUMS"
     if not manifest.is_file():
         raise ClientError(f"{manifest} is missing: the archive is incomplete, download it again")
     checked = 0
     for line in manifest.read_text().splitlines():
         expected, relative = line.split("  ", 1)
+        if missing_ok and not (dataset / relative).is_file():
+            continue
         digest = hashlib.sha256((dataset / relative).read_bytes()).hexdigest()
         if digest != expected:
             raise ClientError(f"{relative} does not match its SHA256SUMS entry: download the cohort again")

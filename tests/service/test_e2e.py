@@ -183,6 +183,27 @@ def test_the_archive_in_parts_is_whole_subjects_and_together_the_whole_dataset(
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field], params
 
 
+def test_cli_downloads_parts_into_one_folder_that_is_the_whole_dataset(
+    stack: LocalStack, reference_cohort: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`brainsynth download --part I --parts K`: each part checks the files it brought; the K parts in one
+    folder pass the whole SHA256SUMS; a --part without --parts is exit 2 before any request."""
+    from brainsynth.cli import main
+    from service.client import verify_manifest
+
+    common = ["--url", stack.url, "--api-key", KEYS["lab-a"]]
+    for part in (2, 1):
+        assert main(["download", reference_cohort, "--out", str(tmp_path), "--part", str(part), "--parts", "2",
+                     *common]) == 0  # fmt: skip
+        dataset = Path(capsys.readouterr().out.strip())
+        subjects = sorted(p.name for p in dataset.glob("sub-*"))
+        assert subjects == (["sub-000003", "sub-000004"] if part == 2 else [f"sub-00000{i}" for i in range(1, 5)])
+    assert verify_manifest(dataset) == len((dataset / "SHA256SUMS").read_text().splitlines())
+    assert not list(tmp_path.glob("*.zip*"))
+    assert main(["download", reference_cohort, "--out", str(tmp_path), "--part", "1", *common]) == 2
+    assert "--part and --parts go together" in capsys.readouterr().err
+
+
 def test_the_file_manifest_gives_every_file_a_working_presigned_url(
     client: BrainSynthClient, reference_cohort: str
 ) -> None:
