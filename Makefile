@@ -34,7 +34,7 @@ help:
 	@echo "make bench  - sampling/I-O/archive benchmark table (BENCH_ARGS='--preset ukb' for the full size)"
 	@echo "make bench-scale - cohorts of 10 to 10,000 subjects through brainsynth up: service time per subject, finalisation, Redis bytes"
 	@echo "make bench-qc - acceptance rate and spread of a demo cohort with --max-attempts 1 and 3 (probe)"
-	@echo "make chaos  - the fault suite: brainsynth up as shipped, a 20-subject cohort under kills and outages (~15 min)"
+	@echo "make chaos  - the fault suite: brainsynth up as shipped, a 20-subject cohort under kills, outages and a worker host cut off (~17 min; namespaces need root)"
 	@echo "make demo-model - regenerate the phantoms, fine-tune the demo model, train its volume probe, evaluate and sweep guidance (CPU, hours)"
 
 $(BIN)/python:
