@@ -90,7 +90,13 @@ function showApp() {
 // ---- routing -------------------------------------------------------------------------------------------
 function closeStream() { if (stream) { stream.close(); stream = null; } }
 
+// Each navigation gets a ticket; a view whose request answers after a later navigation drops its answer
+// (signing in renders the list; a link followed before the list arrived must not be replaced by it).
+let routeTicket = 0;
+const superseded = (ticket) => ticket !== routeTicket;
+
 function route() {
+  routeTicket += 1;
   if (!apiKey()) { signOut(); return; }
   closeStream();
   const hash = location.hash || "#/cohorts";
@@ -130,8 +136,10 @@ function fieldError(name) { return el("p", { class: "error", "data-error-for": n
 
 async function renderForm() {
   const view = $("#view");
+  const ticket = routeTicket;
   view.replaceChildren(el("h2", { text: "New cohort" }), el("p", { text: "Loading models…" }));
   const { status, body } = await api("/v1/models");
+  if (superseded(ticket)) return;
   if (status !== 200) { view.replaceChildren(el("p", { class: "error", text: detailText(body) })); return; }
   const models = body.models.filter((m) => m.ready);
   if (!models.length) { view.replaceChildren(el("p", { class: "error", text: "No model with weights is registered on this server." })); return; }
@@ -254,7 +262,9 @@ async function submitCohort(event, form) {
 // ---- the cohort list -----------------------------------------------------------------------------------
 async function renderList() {
   const view = $("#view");
+  const ticket = routeTicket;
   const { status, body } = await api("/v1/cohorts?page_size=50");
+  if (superseded(ticket)) return;
   if (status !== 200) { view.replaceChildren(el("p", { class: "error", text: detailText(body) })); return; }
   const open = el("form", { class: "row", id: "open-cohort" },
     el("label", { for: "cohort-id", text: "Open a cohort by id" }), el("input", { id: "cohort-id", required: true }),
@@ -287,10 +297,13 @@ function notFound(id) {
 
 async function renderCohort(id) {
   const view = $("#view");
+  const ticket = routeTicket;
   const first = await api(`/v1/cohorts/${encodeURIComponent(id)}`);
+  if (superseded(ticket)) return;
   if (first.status === 404) { notFound(id); return; }
   if (first.status !== 200) { view.replaceChildren(el("p", { class: "error", text: detailText(first.body) })); return; }
   let token = await linkToken(id);
+  if (superseded(ticket)) return;
   let tokenAt = Date.now();
   const shown = new Set();
   const title = el("h2", { text: first.body.request.name || `Cohort ${id}` });
