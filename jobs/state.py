@@ -407,6 +407,12 @@ def stored_among(keys: set[str], prefix: str, participants: Iterable[str]) -> se
     return {p for p in participants if prefix + sidecar_path(p) in keys}
 
 
+def stored_of(store: ObjectStore, prefix: str, participants: Iterable[str]) -> set[str]:
+    """:func:`stored_among` for a few ``participants`` (a task's batch): one HEAD of each sidecar instead of
+    listing the cohort, so a task's check costs the same at 10 subjects and at 100,000."""
+    return {p for p in participants if store.exists(prefix + sidecar_path(p))}
+
+
 def stored_subjects(store: ObjectStore, stored: StoredCohort) -> set[str]:
     """Participant ids of ``stored`` whose files are complete in object storage."""
     prefix = bids_prefix(stored.tenant, stored.id)

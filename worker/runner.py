@@ -18,7 +18,7 @@ import numpy as np
 
 from jobs.contract import FinalizeJob, SubjectBatch, SubjectJob, SubjectResult
 from jobs.records import Digest, StreamDigest, SubjectRecords, archive_index_key, digest
-from jobs.state import StoredCohort, bids_prefix, cohort_json_key, preview_key, stored_among
+from jobs.state import StoredCohort, bids_prefix, cohort_json_key, preview_key, stored_among, stored_of
 from jobs.storage import ObjectStore
 from models.catalogue.config import ModelConfig
 from models.dataset.bids import (
@@ -87,7 +87,7 @@ def generate_subjects(
     first = batch.subjects[0]
     prefix = bids_prefix(first.tenant, first.cohort_id)
     if first.attempt == 1:
-        done = {job.participant_id for job in batch.subjects if store.exists(prefix + sidecar_path(job.participant_id))}
+        done = stored_of(store, prefix, (job.participant_id for job in batch.subjects))
     else:  # a later attempt (sent back by a measuring worker) replaces the stored one, once
         stored_attempt = _stored_attempt(store, prefix, first.participant_id)
         done = {first.participant_id} if stored_attempt >= first.attempt else set()
