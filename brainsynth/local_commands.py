@@ -130,12 +130,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         sub.add_argument("--lr", type=float, help="learning rate (default: the stage's)")
         sub.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
         sub.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 autocast on cuda")
+        sub.add_argument(
+            "--init-from",
+            metavar="MODEL",
+            help=f"fine-tune: start the {'UNet' if stage == 'diffusion' else 'autoencoder'} from MODEL's (a new "
+            "--model-dir also takes MODEL's autoencoder)",
+        )
         if stage == "diffusion":
-            sub.add_argument(
-                "--init-from",
-                metavar="MODEL",
-                help="fine-tune: start the UNet from MODEL's (a new --model-dir also takes MODEL's autoencoder)",
-            )
             sub.add_argument(
                 "--condition-dropout", type=float, default=0.0, metavar="P",
                 help="train on the null condition with probability P (classifier-free guidance; model.json records "
@@ -154,6 +155,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     probe.add_argument("--model", default="demo", help="model whose grid the probe measures (default demo)")
     probe.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
     probe.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    probe.add_argument(
+        "--decoded", action="store_true",
+        help="also train on the phantoms as --model's autoencoder reconstructs them (the smoother images a model "
+        "decodes) and validate on both",
+    )  # fmt: skip
 
     evaluate = commands.add_parser(
         "evaluate", help="measure a model's conditioning fidelity and diversity (report + PNG sweeps)"
@@ -182,21 +188,38 @@ def _cmd_train_volumes(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    config = read_model_config(resolve_model_dir(args.model))
+    model_dir = resolve_model_dir(args.model)
+    config = read_model_config(model_dir)
+    decoder, decoder_sha256 = None, None
+    if args.decoded:
+        from models.catalogue.networks import build_autoencoder
+        from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
+
+        if config.weights is None:
+            raise UsageError(f"--decoded: {model_dir} has no trained autoencoder to reconstruct the phantoms with")
+        entry = config.weights.autoencoder
+        verify_sha256(model_dir / entry.file, entry.sha256)
+        decoder = build_autoencoder(config)
+        load_state_dict_strict(decoder, read_state_dict(model_dir / entry.file), str(model_dir / entry.file))
+        decoder_sha256 = entry.sha256
     with tqdm(total=args.steps, unit="step", desc="training volume probe", file=sys.stderr) as bar:
 
         def progress(step: int, loss: float) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        probe = train_probe(config, args.data, args.validation, steps=args.steps, seed=args.seed, callback=progress)
+        probe = train_probe(config, args.data, args.validation, steps=args.steps, seed=args.seed, decoder=decoder,
+                            decoder_sha256=decoder_sha256, callback=progress)  # fmt: skip
     probe.save(args.out)
     v = probe.info.validation
-    print(
-        f"volume probe in {args.out.resolve()}; on {int(v['n'])} held-out phantoms: ventricles r "
-        f"{v['ventricles_pearson_r']} (MAE {v['ventricles_mae_mm3']:,.0f} mm3), brain r {v['brain_pearson_r']} "
-        f"(MAE {v['brain_mae_mm3']:,.0f} mm3)"
-    )
+    lines = [("held-out phantoms", "")] + ([("their reconstructions", "decoded_")] if args.decoded else [])
+    print(f"volume probe in {args.out.resolve()}")
+    for what, key in lines:
+        print(
+            f"on {int(v['n'])} {what}: ventricles r {v[key + 'ventricles_pearson_r']} (MAE "
+            f"{v[key + 'ventricles_mae_mm3']:,.0f} mm3), brain r {v[key + 'brain_pearson_r']} (MAE "
+            f"{v[key + 'brain_mae_mm3']:,.0f} mm3)"
+        )
     return 0
 
 
@@ -274,7 +297,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--default-guidance must be between 0 and {MAX_GUIDANCE:g}, got {args.default_guidance}")
     device = resolve_device(args.device)
     _prepare_model_dir(args)
-    init_from = resolve_model_dir(args.init_from) if getattr(args, "init_from", None) else None
+    init_from = resolve_model_dir(args.init_from) if args.init_from else None
     if init_from is not None and read_model_config(args.model_dir).weights is None:
         _adopt_autoencoder(init_from, args.model_dir)
     config = read_model_config(args.model_dir)

@@ -7,6 +7,12 @@ exactly (:mod:`models.training.phantoms`): MONAI's ``Regressor`` maps an image o
 intensity augmentation (gamma, bias field, noise, blur, left-right flips, one-voxel shifts) so that it
 measures anatomy rather than one phantom's look, and validated on phantoms of another seed; that accuracy
 is recorded with the probe and in every evaluation report. A probe measures images on its own grid only.
+
+A model's images are decoded by its autoencoder, which draws smoother images than phantoms: a probe trained on
+phantoms alone read brain volume on the demo autoencoder's reconstructions of held-out phantoms at r 0.07 (0.96
+on the phantoms themselves). With ``decoder`` set, the probe also trains on its phantoms as that autoencoder
+reconstructs them (encode to the posterior mean, decode), labelled with the phantoms' volumes, and is validated
+on held-out phantoms and on their reconstructions alike; both are recorded.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class ProbeInfo:
     steps: int
     seed: int
     validation: dict[str, float]
+    #: sha256 of the autoencoder whose reconstructions the probe also trained on (``None``: phantoms only)
+    decoder_sha256: str | None = None
 
 
 def build_probe(image_shape: tuple[int, int, int]) -> Regressor:
@@ -134,6 +142,22 @@ class VolumeProbe:
         return float(ventricles), float(brain)
 
 
+@torch.inference_mode()
+def reconstruct(autoencoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, 1, X, Y, Z) encoded to their posterior mean and decoded, clipped to [0, 1]."""
+    autoencoder.eval()
+    out = [autoencoder.decode(autoencoder.encode(batch)[0]) for batch in images.split(8)]
+    return torch.cat(out).clamp(0.0, 1.0)
+
+
+def _scores(truth: np.ndarray, measured: np.ndarray, prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}{name}_{key}": value
+        for name, column, values in (("ventricles", 0, np.exp(truth[:, 0])), ("brain", 1, truth[:, 1]))
+        for key, value in agreement(values, measured[:, column]).items()
+    }
+
+
 def train_probe(
     config: ModelConfig,
     data: Path,
@@ -143,13 +167,19 @@ def train_probe(
     batch_size: int = 8,
     lr: float = 1e-3,
     seed: int = 0,
+    decoder: torch.nn.Module | None = None,
+    decoder_sha256: str | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> VolumeProbe:
-    """Train a probe on the phantoms in ``data`` and validate it on those in ``validation``."""
+    """Train a probe on the phantoms in ``data`` and validate it on those in ``validation``; with ``decoder``
+    (a trained autoencoder on the same grid), on their reconstructions too."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = load_training_set(data, config).images
     targets = _targets(data)
+    if decoder is not None:
+        images = torch.cat((images, reconstruct(decoder, images)))
+        targets = np.concatenate((targets, targets))
     mean, std = targets.mean(0), targets.std(0)
     z = torch.tensor((targets - mean) / std, dtype=torch.float32)
     network = build_probe(tuple(config.image_shape))
@@ -176,18 +206,13 @@ def train_probe(
         steps=steps,
         seed=seed,
         validation={},
+        decoder_sha256=decoder_sha256 if decoder is not None else None,
     )
     probe = VolumeProbe(network, info)
     held_out = load_training_set(validation, config).images
     truth = _targets(validation)
-    measured = probe.measure(held_out)
-    scores = {
-        f"{name}_{key}": value
-        for name, column, values in (
-            ("ventricles", 0, np.exp(truth[:, 0])),
-            ("brain", 1, truth[:, 1]),
-        )
-        for key, value in agreement(values, measured[:, column]).items()
-    }
+    scores = _scores(truth, probe.measure(held_out))
+    if decoder is not None:
+        scores |= _scores(truth, probe.measure(reconstruct(decoder, held_out)), prefix="decoded_")
     probe.info = ProbeInfo(**{**asdict(info), "validation": {"n": float(len(truth)), **scores}})
     return probe

@@ -4,6 +4,8 @@ Loss = L1 + kl_weight * KL + adv_weight * patch adversarial (least squares, MONA
 from ``adv_start`` on). The paper also uses a perceptual (LPIPS) loss; its pretrained feature network
 must be downloaded, which cannot happen here, so it is off and the log says so. Weights default to the
 same-lab recipe (spec section 1.2): adversarial 0.005; KL 1e-6 on the per-sample sum.
+With ``init_from`` (a model directory), training starts from that model's autoencoder weights (a fine-tune on
+new data; the discriminator starts afresh) unless a checkpoint resumes it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from monai.networks.nets import PatchDiscriminator
 
 from models.catalogue.config import AUTOENCODER_FILE, read_model_config
 from models.catalogue.networks import build_autoencoder
+from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
 from models.training.checkpoint import LossLog, load_state, register_weights, save_state
 from models.training.data import TrainingSet
 
@@ -37,6 +40,8 @@ class AutoencoderSettings:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
+    #: a model directory whose autoencoder weights start the training (a fine-tune), when there is no checkpoint
+    init_from: Path | None = None
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -76,6 +81,15 @@ def train_autoencoder(
         batches.set_state(state["batches"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
+    elif settings.init_from is not None:
+        source = read_model_config(settings.init_from)
+        if source.weights is None:
+            from models.training.data import TrainingDataError
+
+            raise TrainingDataError(f"--init-from {settings.init_from} has no trained autoencoder to start from")
+        path = Path(settings.init_from) / source.weights.autoencoder.file
+        verify_sha256(path, source.weights.autoencoder.sha256)
+        load_state_dict_strict(autoencoder, read_state_dict(path), f"{path} (autoencoder)")
     log = LossLog(model_dir / "logs" / "autoencoder.csv", ["step", "l1", "kl", "adv_g", "adv_d", "seconds"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     began = time.monotonic()

@@ -60,12 +60,51 @@ def test_probe_trains_validates_and_round_trips(setup: dict[str, Path], capsys: 
     probe = VolumeProbe.load(setup["probe"])
     assert probe.info.image_shape == CONFIG.image_shape and probe.info.validation["n"] == 6
     assert probe.info.ventricular_range_mm3[0] < probe.info.ventricular_range_mm3[1]
+    assert probe.info.decoder_sha256 is None  # trained on phantoms alone
     volumes = probe.measure(torch.rand((3, 1, *CONFIG.image_shape)))
     assert volumes.shape == (3, 2) and (volumes > 0).all()
     with pytest.raises(ProbeError, match="measures"):
         probe.measure(torch.rand((1, 1, 16, 24, 16)))
     with pytest.raises(ProbeError, match="brainsynth train volumes"):
         VolumeProbe.load(setup["train"])
+
+
+def test_a_decoded_probe_trains_on_reconstructions_too(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--decoded: the probe also learns the model autoencoder's reconstructions and is validated on both; the
+    autoencoder's sha256 is recorded. A model without an autoencoder is refused (exit 2)."""
+    from models.catalogue.config import read_model_config, write_model_config
+    from models.catalogue.networks import build_autoencoder
+    from models.catalogue.weights import read_state_dict
+    from models.evaluation.volumes import reconstruct
+    from models.training.data import load_training_set
+
+    out = tmp_path / "decoded-probe"
+    args = ["train", "volumes", "--data", str(setup["train"]), "--validation", str(setup["validation"]),
+            "--model", str(setup["model"]), "--steps", "3", "--decoded"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out phantoms: ventricles r" in printed and "their reconstructions: ventricles r" in printed
+    info = VolumeProbe.load(out).info
+    config = read_model_config(setup["model"])
+    assert config.weights is not None and info.decoder_sha256 == config.weights.autoencoder.sha256
+    assert {"decoded_ventricles_pearson_r", "decoded_brain_mae_mm3", "brain_pearson_r"} <= set(info.validation)
+    # reconstructions are the autoencoder's posterior mean decoded, in [0, 1], one per image
+    autoencoder = build_autoencoder(config)
+    autoencoder.load_state_dict(read_state_dict(setup["model"] / config.weights.autoencoder.file))
+    images = load_training_set(setup["validation"], config).images
+    decoded = reconstruct(autoencoder, images)
+    assert decoded.shape == images.shape and decoded.min() >= 0 and decoded.max() <= 1
+    assert not torch.equal(decoded, images)
+    with torch.inference_mode():
+        expected = autoencoder.decode(autoencoder.encode(images[:1])[0]).clamp(0, 1)
+    assert torch.allclose(decoded[:1], expected, atol=1e-5)
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    write_model_config(untrained, CONFIG)
+    assert main([*args, "--out", str(tmp_path / "never"), "--model", str(untrained)]) == 2
+    assert "no trained autoencoder" in capsys.readouterr().err
 
 
 def test_evaluate_writes_a_report_and_sweeps(setup: dict[str, Path], tmp_path: Path) -> None:

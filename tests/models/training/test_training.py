@@ -106,6 +106,20 @@ def test_two_stage_training_resumes_and_samples(
     assert max((source_unet[k] - tuned_unet[k]).abs().max().item() for k in source_unet) < 1e-6
     assert tuned_config.guidance is None  # trained without condition dropout: guidance 1 only
 
+    # An autoencoder fine-tune starts from the source's autoencoder (not a fresh one) and drops no provenance.
+    refit = tmp_path / "refit"
+    again = ["--data", str(phantom_set), "--model-dir", str(refit), "--batch-size", "2", "--device", "cpu"]
+    assert main(["train", "autoencoder", *again, "--init-from", str(model_dir), "--steps", "1", "--lr", "1e-12"]) == 0
+    source_ae = torch.load(model_dir / "autoencoder.pt", weights_only=True)
+    refit_ae = torch.load(refit / "autoencoder.pt", weights_only=True)
+    assert max((source_ae[k].float() - refit_ae[k].float()).abs().max().item() for k in source_ae) < 1e-6
+    assert read_model_config(refit).training[-1].init_from == str(model_dir)
+    fresh = tmp_path / "fresh"
+    assert main(["train", "autoencoder", "--data", str(phantom_set), "--model-dir", str(fresh), "--batch-size", "2",
+                 "--device", "cpu", "--steps", "1", "--lr", "1e-12"]) == 0  # fmt: skip
+    fresh_ae = torch.load(fresh / "autoencoder.pt", weights_only=True)
+    assert max((source_ae[k].float() - fresh_ae[k].float()).abs().max().item() for k in source_ae) > 1e-3
+
     # Condition dropout (classifier-free guidance): model.json records it; a resume must keep it; the model
     # then samples at any scale, and the scale is recorded per subject.
     guided = tmp_path / "guided"
