@@ -191,6 +191,7 @@ def evaluate(
             "validation": info.validation,
             "ventricular_range_mm3": info.ventricular_range_mm3,
             "brain_range_mm3": info.brain_range_mm3,
+            "decoder_sha256": info.decoder_sha256,
         },
         "requested": {"ventricular_range_mm3": [vent_lo, vent_hi], "brain_range_mm3": [brain_lo, brain_hi]},
         "conditioning_fidelity": fidelity,
@@ -208,6 +209,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table with the paper's anchors and the targets."""
     f, d, p = report["conditioning_fidelity"], report["diversity"], report["probe"]["validation"]
     s, r = report["settings"], report["requested"]
+    decoder = report["probe"].get("decoder_sha256")
+    p_decoder = f"autoencoder {decoder[:8]}" if decoder else "an autoencoder"
     lines = [
         f"# Evaluation of {report['model']['name']} {report['model']['version']}",
         "",
@@ -222,6 +225,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{p.get('ventricles_mae_mm3')} mm3 | SynthSeg | - |",
         f"| probe on held-out phantoms: brain r / MAE | {p.get('brain_pearson_r')} / {p.get('brain_mae_mm3')} mm3 "
         "| SynthSeg | - |",
+        *(
+            [
+                f"| probe on their reconstructions by {p_decoder}: ventricles r / MAE | "
+                f"{p['decoded_ventricles_pearson_r']} / {p['decoded_ventricles_mae_mm3']} mm3 | - | - |",
+                f"| probe on their reconstructions by {p_decoder}: brain r / MAE | {p['decoded_brain_pearson_r']} / "
+                f"{p['decoded_brain_mae_mm3']} mm3 | - | - |",
+            ]
+            if "decoded_brain_pearson_r" in p
+            else []
+        ),
         f"| ventricles: Pearson r (requested vs measured) | {f['ventricles']['pearson_r']} | 0.972 | >= 0.95 |",
         f"| ventricles: MAE | {f['ventricles']['mae_mm3']} mm3 ({f['ventricles']['mape_percent']} %) | - | - |",
         f"| brain volume: Pearson r | {f['brain']['pearson_r']} | - | >= 0.9 |",

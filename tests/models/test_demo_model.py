@@ -51,6 +51,15 @@ def _makefile_variables() -> dict[str, str]:
     return variables
 
 
+def recipe_commands(target: str, command: str) -> str:
+    """The lines of the Makefile's ``target`` recipe that run ``brainsynth COMMAND`` (continuations joined)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    recipe = text.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    return "\n".join(line for line in recipe.splitlines() if f"brainsynth {command}" in line)
+
+
 def test_the_shipped_demo_model_is_what_make_demo_model_makes() -> None:
     """model.json of models/zoo/demo against the recipe: identity, base, data, steps, condition dropout, default
     guidance, and the grid's affine from the demo preset (no hand edits); the probe's training settings."""
@@ -59,16 +68,22 @@ def test_the_shipped_demo_model_is_what_make_demo_model_makes() -> None:
 
     recipe = _makefile_variables()
     config = read_model_config(ZOO_DIR / "demo")
-    assert (config.name, config.version) == ("demo", "0.4.0")
+    assert (config.name, config.version) == ("demo", "0.4.1")
     assert config.description == recipe["DEMO_DESCRIPTION"] and config.intended_use == recipe["DEMO_INTENDED_USE"]
     assert config.guidance is not None
     assert config.guidance.condition_dropout == float(recipe["DEMO_CONDITION_DROPOUT"])
     assert config.guidance.default_scale == float(recipe["DEMO_GUIDANCE"])
     last = config.training[-1]
     assert (last.stage, last.data, last.steps, last.init_from) == (
-        "diffusion", recipe["DEMO_DATA"], int(recipe["DEMO_FINETUNE_STEPS"]), recipe["DEMO_BASE"]
+        "diffusion", recipe["DEMO_DATA"], int(recipe["DEMO_FINETUNE_STEPS"]), recipe["DEMO_GUIDED"]
     )  # fmt: skip
+    # the guided fine-tune it continues started from 0.3.1 (the recipe's first diffusion command)
+    first = recipe_commands("demo-model", "train diffusion").splitlines()[0]
+    assert "--model-dir $(DEMO_GUIDED)" in first and "--init-from $(DEMO_BASE)" in first
     preset = demo()
     assert config.affine == preset.affine and config.conditioning == preset.conditioning
     probe = json.loads((ZOO_DIR / "demo" / "volume_probe.json").read_text())
     assert probe["steps"] == int(recipe["DEMO_PROBE_STEPS"]) and probe["seed"] == 0
+    # the probe also learned the shipped autoencoder's reconstructions (train volumes --decoded)
+    assert "--decoded" in recipe_commands("demo-model", "train volumes")
+    assert config.weights is not None and probe["decoder_sha256"] == config.weights.autoencoder.sha256
