@@ -111,6 +111,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="share of phantoms drawn evenly over the model's accepted ranges, the rest like the UK Biobank "
         "cohort (default 0.4; 0: all like the UK Biobank, as before)",
     )  # fmt: skip
+    phantoms.add_argument(
+        "--ventricles", type=float, nargs=2, metavar=("LO", "HI"),
+        help="draw the evenly spread share's ventricular volumes from LO-HI mm3 only (inside the model's accepted "
+        "range; e.g. --range-fraction 1 --ventricles 5000 12000: phantoms for the range's low end)",
+    )  # fmt: skip
     train = commands.add_parser(
         "train", help="train a model's autoencoder, then its diffusion UNet (or the volume probe)"
     )
@@ -118,7 +123,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     for stage, default_steps, default_batch in (("autoencoder", 2000, 4), ("diffusion", 4000, 16)):
         sub = stages.add_parser(stage, help=f"train the {stage} stage (resumes from its checkpoint)")
         sub.set_defaults(run=_cmd_train)
-        sub.add_argument("--data", type=Path, required=True, help="BIDS folder with participants.tsv")
+        sub.add_argument(
+            "--data", type=Path, nargs="+", required=True, metavar="DATA",
+            help="BIDS folder with participants.tsv (several: trained on together)",
+        )  # fmt: skip
         sub.add_argument("--model-dir", type=Path, required=True, help="model directory (created from --preset)")
         sub.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="architecture for a new model-dir")
         sub.add_argument("--name", help="the model's name in model.json and every cohort (default: --model-dir's name)")
@@ -149,7 +157,10 @@ def register(commands: argparse._SubParsersAction) -> None:
             )  # fmt: skip
     probe = stages.add_parser("volumes", help="train the volume probe that `evaluate` measures with (phantoms)")
     probe.set_defaults(run=_cmd_train_volumes)
-    probe.add_argument("--data", type=Path, required=True, help="phantom BIDS folder to train on")
+    probe.add_argument(
+        "--data", type=Path, nargs="+", required=True, metavar="DATA",
+        help="phantom BIDS folder to train on (several: trained on together)",
+    )  # fmt: skip
     probe.add_argument("--validation", type=Path, required=True, help="phantoms of another seed, held out")
     probe.add_argument("--out", type=Path, required=True, help="folder for volume_probe.pt/.json")
     probe.add_argument("--model", default="demo", help="model whose grid the probe measures (default demo)")
@@ -177,6 +188,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="classifier-free guidance scale (default: the model's); several make a sweep: one report per scale "
         "(guidance-W/) and sweep.md/.json with sweep-guidance.png",
     )  # fmt: skip
+    evaluate.add_argument(
+        "--end-seeds", type=int, default=8, metavar="K",
+        help="seeds at each end of the requested ventricular range (mean measured and its error; default 8)",
+    )  # fmt: skip
     evaluate.add_argument("--batch-size", type=int, default=4, help="default 4")
     evaluate.add_argument("--device", help="cpu or cuda (default: cuda if available)")
 
@@ -192,16 +207,11 @@ def _cmd_train_volumes(args: argparse.Namespace) -> int:
     config = read_model_config(model_dir)
     decoder, decoder_sha256 = None, None
     if args.decoded:
-        from models.catalogue.networks import build_autoencoder
-        from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
+        from models.catalogue.networks import load_autoencoder
 
         if config.weights is None:
             raise UsageError(f"--decoded: {model_dir} has no trained autoencoder to reconstruct the phantoms with")
-        entry = config.weights.autoencoder
-        verify_sha256(model_dir / entry.file, entry.sha256)
-        decoder = build_autoencoder(config)
-        load_state_dict_strict(decoder, read_state_dict(model_dir / entry.file), str(model_dir / entry.file))
-        decoder_sha256 = entry.sha256
+        decoder, decoder_sha256 = load_autoencoder(model_dir, config), config.weights.autoencoder.sha256
     with tqdm(total=args.steps, unit="step", desc="training volume probe", file=sys.stderr) as bar:
 
         def progress(step: int, loss: float) -> None:
@@ -230,6 +240,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise UsageError(f"--n must be at least 2 (a correlation needs pairs), got {args.n}")
+    if args.end_seeds < 1:
+        raise UsageError(f"--end-seeds must be at least 1, got {args.end_seeds}")
     model_dir = resolve_model_dir(args.model)
     config = read_model_config(model_dir, check_networks=False)
     scales = args.guidance or [None]
@@ -237,7 +249,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         config.guidance_scale(scale)
     probe = VolumeProbe.load(args.probe or model_dir)
     pipeline = BrainLDMPipeline.from_dir(model_dir, device=args.device)
-    settings = EvaluationSettings(n=args.n, seed=args.seed, steps=args.steps, batch_size=args.batch_size)
+    settings = EvaluationSettings(n=args.n, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                                  end_seeds=args.end_seeds)  # fmt: skip
 
     def say(message: str) -> None:
         print(f"evaluate: {message}", file=sys.stderr)
@@ -355,7 +368,8 @@ def _prepare_model_dir(args: argparse.Namespace) -> None:
         identity = {
             "name": model_dir.resolve().name,
             "version": "0.1.0",
-            "description": f"{args.preset} architecture trained with `brainsynth train` on {args.data}",
+            "description": f"{args.preset} architecture trained with `brainsynth train` on "
+            + " + ".join(str(d) for d in args.data),
             "intended_use": "synthetic data for research use only; not for clinical use",
             **identity,
         }
@@ -381,11 +395,13 @@ def _record_training(args: argparse.Namespace, subjects: int, init_from: Path | 
     from models.catalogue.weights import sha256_file
 
     config = read_model_config(args.model_dir)
+    folders = [str(d) for d in args.data]
+    hashes = [sha256_file(Path(d) / "participants.tsv") for d in args.data]
     run = TrainingProvenance(
         stage=args.stage,
-        data=str(args.data),
+        data=folders[0] if len(folders) == 1 else tuple(folders),
         subjects=subjects,
-        participants_sha256=sha256_file(Path(args.data) / "participants.tsv"),
+        participants_sha256=hashes[0] if len(hashes) == 1 else tuple(hashes),
         steps=args.steps,
         init_from=str(init_from) if init_from is not None else None,
     )
@@ -408,9 +424,15 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
     fraction = DEFAULT_RANGE_FRACTION if args.range_fraction is None else args.range_fraction
     if not 0 <= fraction <= 1:
         raise UsageError(f"--range-fraction must be between 0 and 1, got {fraction}")
+    accepted = config.conditioning.ventricular_volume_mm3
+    if args.ventricles is not None and not accepted.min <= args.ventricles[0] < args.ventricles[1] <= accepted.max:
+        low, high = args.ventricles
+        raise UsageError(f"--ventricles LO HI must satisfy {accepted.min:g} <= LO < HI <= {accepted.max:g} (the "
+                         f"{config.name} model's accepted range, mm3), got {low:g} {high:g}")  # fmt: skip
     require_empty_folder(args.out, "--out")
     with tqdm(total=args.n, unit="phantom", desc="phantoms", file=sys.stderr) as bar:
         write_phantom_cohort(args.n, args.seed, args.out, config, range_fraction=fraction,
+                             ventricle_range=tuple(args.ventricles) if args.ventricles else None,
                              callback=lambda done, _t: bar.update(done - bar.n))  # fmt: skip
     print(f"wrote {args.n} phantoms on the {config.name} grid to {args.out.resolve()}")
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -58,17 +58,31 @@ class Weights(BaseModel):
     unet: WeightFile | None = None
 
 
+#: A sha256 hex digest.
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class TrainingProvenance(BaseModel):
     """What one training run of ``brainsynth train`` learned from (recorded in ``model.json``)."""
 
     model_config = ConfigDict(frozen=True)
 
     stage: Literal["autoencoder", "diffusion"]
-    data: str = Field(description="the training folder, as given")
-    subjects: int = Field(ge=1)
-    participants_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of its participants.tsv")
+    data: str | tuple[str, ...] = Field(description="the training folder, as given (several: each, in order)")
+    subjects: int = Field(ge=1, description="subjects over all its folders")
+    participants_sha256: Sha256 | tuple[Sha256, ...] = Field(
+        description="sha256 of its participants.tsv (several folders: of each, in the order of data)"
+    )
     steps: int = Field(ge=1)
     init_from: str | None = Field(None, description="model whose UNet the run started from (fine-tuning)")
+
+    @model_validator(mode="after")
+    def _one_hash_per_folder(self) -> TrainingProvenance:
+        if isinstance(self.data, str) != isinstance(self.participants_sha256, str) or (
+            not isinstance(self.data, str) and len(self.data) != len(self.participants_sha256)
+        ):
+            raise ValueError("participants_sha256 needs one hash per training folder in data")
+        return self
 
 
 #: The null condition of classifier-free guidance: the normalised conditioning vector that stands for "no

@@ -6,6 +6,8 @@
 - Diversity: MS-SSIM over random pairs of generated images and over random pairs of training images
   (paper: 0.6555 generated vs 0.6536 real). MONAI ``MultiScaleSSIMMetric`` with 3 scales and a 5-voxel
   kernel, the most a 40x56x40 (4 mm) image admits; the default 5 scales need >= 161 voxels per side.
+- Range ends: the lowest and the highest ventricular volume requested, each with several seeds (a female and a
+  male half, 65 years, mid brain volume): mean measured volume and its relative error (issue 20: within 15 %).
 - Pictures: mid-slices across a sweep of ventricular volume and of age, one seed (like the paper's Fig. 2).
 """
 
@@ -31,7 +33,7 @@ from models.training.data import load_training_set
 #: The paper's anchors (section 3).
 PAPER = {"ventricles_pearson_r": 0.972, "ms_ssim_generated": 0.6555, "ms_ssim_real": 0.6536}
 #: Issue 4's targets for the demo model.
-TARGETS = {"ventricles_pearson_r": 0.95, "brain_pearson_r": 0.9, "ms_ssim_gap": 0.02}
+TARGETS = {"ventricles_pearson_r": 0.95, "brain_pearson_r": 0.9, "ms_ssim_gap": 0.02, "range_end_error": 0.15}
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001)
 
 
@@ -45,6 +47,8 @@ class EvaluationSettings:
     pairs: int = 50
     #: classifier-free guidance scale (``None``: the model's default)
     guidance: float | None = None
+    #: seeds per end of the requested ventricular range
+    end_seeds: int = 8
 
 
 def _images(samples: list[SubjectSample]) -> torch.Tensor:
@@ -114,6 +118,35 @@ def _sweep(
     return rows
 
 
+def _range_ends(
+    pipeline: BrainLDMPipeline,
+    probe: VolumeProbe,
+    settings: EvaluationSettings,
+    ventricles: tuple[float, float],
+    brain: float,
+) -> list[dict[str, Any]]:
+    """Each end of the requested ventricular range with ``settings.end_seeds`` seeds: mean measured, error."""
+    k = settings.end_seeds
+    requests = [Covariates("F" if i % 2 == 0 else "M", 65.0, end, brain) for end in ventricles for i in range(k)]
+    seeds = [subject_seed(settings.seed, 20_000 + i) for _end in ventricles for i in range(k)]
+    samples = pipeline(requests, seeds, sampler=settings.sampler, num_inference_steps=settings.steps,
+                       guidance=settings.guidance, batch_size=settings.batch_size)  # fmt: skip
+    measured = probe.measure(_images(samples))[:, 0]
+    rows = []
+    for index, end in enumerate(ventricles):
+        values = measured[index * k : (index + 1) * k]
+        rows.append({
+            "end": "low" if index == 0 else "high",
+            "requested_ventricles_mm3": end,
+            "seeds": k,
+            "measured_mean_mm3": round(float(values.mean())),
+            "measured_min_mm3": round(float(values.min())),
+            "measured_max_mm3": round(float(values.max())),
+            "relative_error": round(float(values.mean() / end - 1.0), 4),
+        })  # fmt: skip
+    return rows
+
+
 def evaluate(
     pipeline: BrainLDMPipeline,
     probe: VolumeProbe,
@@ -165,9 +198,11 @@ def evaluate(
         real = load_training_set(training_data, pipeline.config).images
         diversity["ms_ssim_training"] = ms_ssim_pairs(real, settings.pairs, settings.seed + 1)
         diversity["gap"] = round(abs(diversity["ms_ssim_generated"] - diversity["ms_ssim_training"]), 4)
-    say("sweeps")
     mid_brain = round((brain_lo + brain_hi) / 2)
     mid_vent = round((vent_lo + vent_hi) / 2)
+    say(f"range ends ({settings.end_seeds} seeds each)")
+    range_ends = _range_ends(pipeline, probe, settings, (round(vent_lo), round(vent_hi)), mid_brain)
+    say("sweeps")
     vent_values = np.linspace(vent_lo, vent_hi, 5).round()
     vent_sweep = _sweep(
         pipeline, probe, settings,
@@ -196,6 +231,7 @@ def evaluate(
         "requested": {"ventricular_range_mm3": [vent_lo, vent_hi], "brain_range_mm3": [brain_lo, brain_hi]},
         "conditioning_fidelity": fidelity,
         "diversity": diversity,
+        "range_ends": range_ends,
         "sweeps": {"ventricles": vent_sweep, "age": age_sweep},
         "paper": PAPER,
         "targets": TARGETS,
@@ -242,6 +278,12 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"| MS-SSIM, generated pairs | {d['ms_ssim_generated']} | 0.6555 | - |",
         f"| MS-SSIM, training pairs | {d.get('ms_ssim_training', 'not measured')} | 0.6536 | - |",
         f"| MS-SSIM gap | {d.get('gap', 'not measured')} | 0.0019 | <= 0.02 |",
+        *(
+            f"| ventricles at the {e['end']} end ({e['requested_ventricles_mm3']:,.0f} mm3, {e['seeds']} seeds): "
+            f"mean measured (min-max) | {e['measured_mean_mm3']:,} mm3 ({e['relative_error']:+.1%}; "
+            f"{e['measured_min_mm3']:,}-{e['measured_max_mm3']:,}) | - | within 15 % |"
+            for e in report.get("range_ends", [])
+        ),
         "",
         f"MS-SSIM: {d['scales']} scales, kernel {d['kernel_size']}, {d['pairs']} random pairs each.",
         "",
@@ -256,7 +298,8 @@ def markdown_report(report: dict[str, Any]) -> str:
 def _sweep_row(r: dict[str, Any]) -> str:
     gap = "-" if r["ms_ssim_gap"] is None else r["ms_ssim_gap"]
     return (f"| {r['guidance']:g} | {r['ventricles_pearson_r']} | {r['ventricles_mae_mm3']} | {r['brain_pearson_r']} "
-            f"| {r['brain_mae_mm3']} | {r['ms_ssim_generated']} | {gap} |")  # fmt: skip
+            f"| {r['brain_mae_mm3']} | {r['ms_ssim_generated']} | {gap} | {r['low_end_error']:+.1%} "
+            f"| {r['high_end_error']:+.1%} |")  # fmt: skip
 
 
 def guidance_sweep(
@@ -271,7 +314,8 @@ def guidance_sweep(
 ) -> list[dict[str, Any]]:
     """:func:`evaluate` at each classifier-free guidance scale (one report folder ``guidance-W`` each, the same
     subjects and seeds), then ``sweep.json``/``sweep.md`` (one row per scale: ventricle and brain r and MAE,
-    MS-SSIM and its gap) and ``sweep-guidance.png`` (the ventricular volume sweep at each scale, stacked)."""
+    MS-SSIM and its gap, the range ends' errors) and ``sweep-guidance.png`` (the ventricular volume sweep at
+    each scale, stacked)."""
     from dataclasses import replace
 
     out_dir = Path(out_dir)
@@ -287,7 +331,8 @@ def guidance_sweep(
         rows.append({"guidance": scale, "ventricles_pearson_r": f["ventricles"]["pearson_r"],
                      "ventricles_mae_mm3": f["ventricles"]["mae_mm3"], "brain_pearson_r": f["brain"]["pearson_r"],
                      "brain_mae_mm3": f["brain"]["mae_mm3"], "ms_ssim_generated": d["ms_ssim_generated"],
-                     "ms_ssim_gap": d.get("gap")})  # fmt: skip
+                     "ms_ssim_gap": d.get("gap"), "low_end_error": report["range_ends"][0]["relative_error"],
+                     "high_end_error": report["range_ends"][1]["relative_error"]})  # fmt: skip
     (out_dir / "sweep.json").write_text(json.dumps({"settings": settings.__dict__, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Guidance sweep of {pipeline.config.name} {pipeline.config.version}",
@@ -295,8 +340,9 @@ def guidance_sweep(
         f"{settings.n} subjects, seed {settings.seed}, {settings.sampler} {settings.steps} steps; the same subjects "
         "and seeds at every scale; volumes by the volume probe.",
         "",
-        "| guidance | ventricles r | ventricles MAE mm3 | brain r | brain MAE mm3 | MS-SSIM generated | MS-SSIM gap |",
-        "|---|---|---|---|---|---|---|",
+        "| guidance | ventricles r | ventricles MAE mm3 | brain r | brain MAE mm3 | MS-SSIM generated | MS-SSIM gap "
+        f"| low end ({settings.end_seeds} seeds) | high end |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(_sweep_row(r) for r in rows),
         "",
         "![ventricular volume sweep at each guidance scale](sweep-guidance.png)",

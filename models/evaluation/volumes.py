@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from models.catalogue.config import PROBE_JSON, PROBE_WEIGHTS, ModelConfig
 from models.cohort.design import read_subjects_tsv
 from models.dataset.qc import agreement
 from models.errors import BrainSynthError
-from models.training.data import load_training_set
+from models.training.data import load_training_set, training_folders
 
 CHANNELS = (8, 16, 32, 64)
 
@@ -90,8 +90,10 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def _targets(bids_dir: Path) -> np.ndarray:
-    subjects = read_subjects_tsv(Path(bids_dir) / "participants.tsv", cohort_seed=0)
+def _targets(bids_dirs: Path | Sequence[Path]) -> np.ndarray:
+    """(log ventricles, brain) per subject of the folders, in :func:`load_training_set`'s order."""
+    tables = [folder / "participants.tsv" for folder in training_folders(bids_dirs)]
+    subjects = [s for table in tables for s in read_subjects_tsv(table, cohort_seed=0)]
     return np.array([[math.log(s.covariates.ventricular_volume_mm3), s.covariates.brain_volume_mm3] for s in subjects])
 
 
@@ -160,7 +162,7 @@ def _scores(truth: np.ndarray, measured: np.ndarray, prefix: str = "") -> dict[s
 
 def train_probe(
     config: ModelConfig,
-    data: Path,
+    data: Path | Sequence[Path],
     validation: Path,
     *,
     steps: int = 1500,
@@ -171,8 +173,8 @@ def train_probe(
     decoder_sha256: str | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> VolumeProbe:
-    """Train a probe on the phantoms in ``data`` and validate it on those in ``validation``; with ``decoder``
-    (a trained autoencoder on the same grid), on their reconstructions too."""
+    """Train a probe on the phantoms in ``data`` (one folder or several) and validate it on those in
+    ``validation``; with ``decoder`` (a trained autoencoder on the same grid), on their reconstructions too."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = load_training_set(data, config).images

@@ -20,8 +20,7 @@ import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from models.catalogue.config import ModelConfig, read_model_config
-from models.catalogue.networks import build_autoencoder, build_unet
-from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
+from models.catalogue.networks import build_unet, load_autoencoder, load_weights
 from models.cohort.conditioning import Covariates, normalise
 from models.cohort.design import DEFAULT_STEPS, check_sampler
 from models.errors import GenerationStopped, SamplingError, WeightsError
@@ -148,16 +147,8 @@ class BrainLDMPipeline:
                 f"{model_dir} has an autoencoder but no diffusion model yet: run `brainsynth train diffusion`"
             )
         torch_device = resolve_device(device)
-        autoencoder = build_autoencoder(config)
-        unet = build_unet(config)
-        for module, entry, what in (
-            (autoencoder, config.weights.autoencoder, "autoencoder"),
-            (unet, config.weights.unet, "unet"),
-        ):
-            assert entry is not None  # checked above
-            path = model_dir / entry.file
-            verify_sha256(path, entry.sha256)
-            load_state_dict_strict(module, read_state_dict(path), f"{path} ({what})")
+        autoencoder = load_autoencoder(model_dir, config)
+        unet = load_weights(build_unet(config), model_dir, config.weights.unet, "unet")
         return cls(config, autoencoder, unet, torch_device, execution)
 
     def __call__(self, covariates: Sequence[Covariates], seeds: Sequence[int], **options: Any) -> list[SubjectSample]:

@@ -20,8 +20,7 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 
 from models.catalogue.config import AUTOENCODER_FILE, read_model_config
-from models.catalogue.networks import build_autoencoder
-from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
+from models.catalogue.networks import build_autoencoder, load_weights
 from models.training.checkpoint import LossLog, load_state, register_weights, save_state
 from models.training.data import TrainingSet
 
@@ -87,9 +86,7 @@ def train_autoencoder(
             from models.training.data import TrainingDataError
 
             raise TrainingDataError(f"--init-from {settings.init_from} has no trained autoencoder to start from")
-        path = Path(settings.init_from) / source.weights.autoencoder.file
-        verify_sha256(path, source.weights.autoencoder.sha256)
-        load_state_dict_strict(autoencoder, read_state_dict(path), f"{path} (autoencoder)")
+        load_weights(autoencoder, Path(settings.init_from), source.weights.autoencoder, "autoencoder")
     log = LossLog(model_dir / "logs" / "autoencoder.csv", ["step", "l1", "kl", "adv_g", "adv_d", "seconds"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     began = time.monotonic()

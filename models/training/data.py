@@ -8,6 +8,7 @@ rather than silently cut: at least :data:`MIN_SIGNAL_KEPT` of its non-background
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,26 +81,33 @@ def _to_model_grid(image: nib.Nifti1Image, config: ModelConfig, path: Path) -> n
     return np.asarray(resampled.dataobj, dtype=np.float32)
 
 
-def load_training_set(bids_dir: Path, config: ModelConfig) -> TrainingSet:
-    """Read every subject listed in ``bids_dir/participants.tsv`` (columns as written by ``brainsynth``)."""
-    bids_dir = Path(bids_dir)
-    table = bids_dir / "participants.tsv"
-    if not table.is_file():
-        raise TrainingDataError(f"{table} not found: --data must be a BIDS folder with participants.tsv")
-    subjects = read_subjects_tsv(table, cohort_seed=0)
-    images, vectors = [], []
-    for subject in subjects:
-        path = bids_dir / subject.participant_id / "anat" / f"{subject.participant_id}_T1w.nii.gz"
-        if not path.is_file():
-            raise TrainingDataError(f"{path} not found (listed in participants.tsv)")
-        data = _to_model_grid(nib.load(path), config, path)
-        low, high = float(data.min()), float(data.max())
-        if high <= low:
-            raise TrainingDataError(f"{path} is constant")
-        images.append((data - low) / (high - low))
-        vectors.append(normalise(subject.covariates, config.conditioning, extrapolate=True))
+def training_folders(bids_dirs: Path | Sequence[Path]) -> list[Path]:
+    """One BIDS folder or several, as a list (the order training reads them in)."""
+    return [Path(bids_dirs)] if isinstance(bids_dirs, str | Path) else [Path(d) for d in bids_dirs]
+
+
+def load_training_set(bids_dirs: Path | Sequence[Path], config: ModelConfig) -> TrainingSet:
+    """Read every subject listed in each folder's ``participants.tsv`` (columns as written by ``brainsynth``),
+    folder after folder."""
+    images, vectors, ids = [], [], []
+    for bids_dir in training_folders(bids_dirs):
+        table = bids_dir / "participants.tsv"
+        if not table.is_file():
+            raise TrainingDataError(f"{table} not found: --data must be a BIDS folder with participants.tsv")
+        subjects = read_subjects_tsv(table, cohort_seed=0)
+        for subject in subjects:
+            path = bids_dir / subject.participant_id / "anat" / f"{subject.participant_id}_T1w.nii.gz"
+            if not path.is_file():
+                raise TrainingDataError(f"{path} not found (listed in participants.tsv)")
+            data = _to_model_grid(nib.load(path), config, path)
+            low, high = float(data.min()), float(data.max())
+            if high <= low:
+                raise TrainingDataError(f"{path} is constant")
+            images.append((data - low) / (high - low))
+            vectors.append(normalise(subject.covariates, config.conditioning, extrapolate=True))
+        ids.extend(s.participant_id for s in subjects)
     return TrainingSet(
         images=torch.from_numpy(np.stack(images)[:, None]),
         conditioning=torch.tensor(vectors, dtype=torch.float32),
-        participant_ids=[s.participant_id for s in subjects],
+        participant_ids=ids,
     )

@@ -24,8 +24,7 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 
 from models.catalogue.config import NULL_CONDITION, UNET_FILE, GuidanceConfig, read_model_config
-from models.catalogue.networks import build_autoencoder, build_unet
-from models.catalogue.weights import load_state_dict_strict, read_state_dict, verify_sha256
+from models.catalogue.networks import build_unet, load_autoencoder, load_weights
 from models.training.checkpoint import LossLog, load_state, register_weights, save_state
 from models.training.data import TrainingSet
 
@@ -69,13 +68,7 @@ def ema_decay(step: int, ceiling: float) -> float:
 
 def encode_training_set(data: TrainingSet, model_dir: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every training image under the model's trained autoencoder."""
-    config = read_model_config(model_dir)
-    assert config.weights is not None
-    autoencoder = build_autoencoder(config)
-    path = model_dir / config.weights.autoencoder.file
-    verify_sha256(path, config.weights.autoencoder.sha256)
-    load_state_dict_strict(autoencoder, read_state_dict(path), str(path))
-    autoencoder.to(device).eval()
+    autoencoder = load_autoencoder(model_dir, read_model_config(model_dir)).to(device).eval()
     mus, sigmas = [], []
     with torch.inference_mode():
         for image in data.images.split(8):
@@ -140,9 +133,7 @@ def train_diffusion(
             from models.training.data import TrainingDataError
 
             raise TrainingDataError(f"--init-from {settings.init_from} has no trained UNet to start from")
-        path = Path(settings.init_from) / source.weights.unet.file
-        verify_sha256(path, source.weights.unet.sha256)
-        load_state_dict_strict(unet, read_state_dict(path), f"{path} (unet)")
+        load_weights(unet, Path(settings.init_from), source.weights.unet, "unet")
         ema.load_state_dict(unet.state_dict())
     log = LossLog(model_dir / "logs" / "diffusion.csv", ["step", "mse", "seconds"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

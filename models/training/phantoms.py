@@ -299,15 +299,30 @@ def write_phantom_cohort(
     config: ModelConfig,
     callback: Callable[[int, int], None] | None = None,
     range_fraction: float = DEFAULT_RANGE_FRACTION,
+    ventricle_range: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``n_subjects`` phantoms on the grid of ``config`` as a BIDS dataset (new or empty folder).
 
     participants.tsv holds the measured covariates; each sidecar also records the targets and the seed.
     Phantom ``i`` uses ``numpy.random.default_rng(subject_seed(seed, i))``; a share ``range_fraction`` of them
-    is drawn evenly over ``config``'s accepted ranges (:func:`draw_targets`; 0: all like the UK Biobank).
+    is drawn evenly over ``config``'s accepted ranges (:func:`draw_targets`; 0: all like the UK Biobank);
+    ``ventricle_range`` (lo, hi) in mm3, inside the accepted range, narrows that share's ventricles to lo-hi
+    (phantoms for the ends of the range).
     """
     if not 0 <= range_fraction <= 1:
         raise ConditioningError("range_fraction", f"must be between 0 and 1, got {range_fraction}")
+    ranges = config.conditioning
+    if ventricle_range is not None:
+        accepted = ranges.ventricular_volume_mm3
+        low, high = ventricle_range
+        if not accepted.min <= low < high <= accepted.max:
+            raise ConditioningError(
+                "ventricle_range",
+                f"must be lo < hi within the model's accepted {accepted.min:g}-{accepted.max:g} mm3, got "
+                f"{low:g}-{high:g}",
+            )
+        narrowed = accepted.model_copy(update={"min": float(low), "max": float(high)})
+        ranges = ranges.model_copy(update={"ventricular_volume_mm3": narrowed})
     if not 1 <= n_subjects <= 100_000:
         raise ConditioningError("n_subjects", f"must be between 1 and 100000, got {n_subjects}")
     out_dir = require_empty_folder(out_dir)
@@ -331,7 +346,8 @@ def write_phantom_cohort(
         "`brainsynth phantoms`: not scans of people. participants.tsv holds volumes measured on each phantom's "
         "deformed tissue and ventricle maps; each sidecar records the targets and the seed. "
         f"{range_fraction:.0%} of the phantoms were built towards covariates drawn evenly over the model's accepted "
-        "ranges, the others like the UK Biobank cohort.\n"
+        f"ranges (ventricles {ranges.ventricular_volume_mm3.min:g}-{ranges.ventricular_volume_mm3.max:g} mm3), the "
+        "others like the UK Biobank cohort.\n"
     )
     (out_dir / "participants.json").write_text(dumps(participants_json(config)))
     affine = np.asarray(config.affine)
@@ -340,7 +356,7 @@ def write_phantom_cohort(
     for index in range(n_subjects):
         subject = subject_seed(seed, index)
         rng = np.random.default_rng(subject)
-        targets = draw_targets(rng, config.conditioning, range_fraction)
+        targets = draw_targets(rng, ranges, range_fraction)
         phantom = make_phantom(rng, config.image_shape, affine, targets)
         pid = participant_id(index)
         conditioning = normalise(phantom.covariates, config.conditioning, extrapolate=True)

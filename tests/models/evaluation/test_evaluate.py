@@ -126,6 +126,18 @@ def test_evaluate_writes_a_report_and_sweeps(setup: dict[str, Path], tmp_path: P
         with Image.open(out / name) as image:
             assert image.size[0] == 5 * CONFIG.image_shape[0] * 4  # five columns, 4x magnified
     assert "| ventricles: Pearson r" in (out / "report.md").read_text()
+    # the range ends: the lowest and highest requested ventricles, 8 seeds each (the default), mean and error
+    low, high = report["range_ends"]
+    assert (low["end"], high["end"]) == ("low", "high") and low["seeds"] == high["seeds"] == 8
+    assert low["requested_ventricles_mm3"] == round(report["requested"]["ventricular_range_mm3"][0])
+    assert high["requested_ventricles_mm3"] == round(report["requested"]["ventricular_range_mm3"][1])
+    for end in (low, high):
+        assert end["measured_min_mm3"] <= end["measured_mean_mm3"] <= end["measured_max_mm3"]
+        assert end["relative_error"] == pytest.approx(
+            end["measured_mean_mm3"] / end["requested_ventricles_mm3"] - 1, abs=1e-3
+        )
+    assert "| ventricles at the low end" in (out / "report.md").read_text()
+    assert main([*args[:6], str(tmp_path / "bad"), *args[7:], "--end-seeds", "0"]) == 2
 
 
 def test_evaluate_sweeps_guidance_scales(setup: dict[str, Path], tmp_path: Path,
@@ -140,13 +152,17 @@ def test_evaluate_sweeps_guidance_scales(setup: dict[str, Path], tmp_path: Path,
     guided = make_model_dir(tmp_path / "guided8", CONFIG.model_copy(update={"guidance": GuidanceConfig(
         condition_dropout=0.1)}))  # fmt: skip
     out = tmp_path / "sweep"
-    assert main(["evaluate", "--model", str(guided), "--out", str(out), "--guidance", "1", "3", *common]) == 0
+    assert main(["evaluate", "--model", str(guided), "--out", str(out), "--guidance", "1", "3", *common,
+                 "--end-seeds", "2"]) == 0  # fmt: skip
     sweep = json.loads((out / "sweep.json").read_text())
     assert [row["guidance"] for row in sweep["rows"]] == [1.0, 3.0]
     one = json.loads((out / "guidance-1" / "report.json").read_text())
     three = json.loads((out / "guidance-3" / "report.json").read_text())
     assert one["settings"]["guidance"] == 1.0 and three["settings"]["guidance"] == 3.0
     assert sweep["rows"][1]["ventricles_pearson_r"] == three["conditioning_fidelity"]["ventricles"]["pearson_r"]
+    assert three["range_ends"][0]["seeds"] == 2
+    assert sweep["rows"][1]["low_end_error"] == three["range_ends"][0]["relative_error"]
+    assert sweep["rows"][1]["high_end_error"] == three["range_ends"][1]["relative_error"]
     with (
         Image.open(out / "sweep-guidance.png") as stacked,
         Image.open(out / "guidance-3" / "sweep-ventricles.png") as one_strip,

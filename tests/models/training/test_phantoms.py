@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def test_cli_writes_a_phantom_bids_dataset(tmp_path: Path, capsys: pytest.Captur
     assert image.shape == SHAPE and nib.aff2axcodes(image.affine) == ("L", "A", "S")
     assert main(["phantoms", "--n", "1", "--seed", "5", "--out", str(out)]) == 2  # not empty
     assert "not an empty folder" in capsys.readouterr().err
+    # --ventricles narrows the evenly drawn share to one end of the range (and must lie inside the range)
+    ends = tmp_path / "low-end"
+    assert main(["phantoms", "--n", "3", "--seed", "5", "--out", str(ends), "--model", str(model_dir),
+                 "--range-fraction", "1", "--ventricles", "7000", "9000"]) == 0  # fmt: skip
+    for sidecar in sorted(ends.glob("sub-*/anat/*_T1w.json")):
+        assert 7_000 <= json.loads(sidecar.read_text())["Targets"]["ventricular_volume_mm3"] <= 9_000
+    assert "ventricles 7000-9000 mm3" in (ends / "README").read_text()
+    for bad in (["5000", "9000"], ["9000", "7000"], ["160000", "180000"]):  # tiny model: 6,996-171,375
+        assert main(["phantoms", "--n", "1", "--seed", "5", "--out", str(tmp_path / "bad"), "--model",
+                     str(model_dir), "--ventricles", *bad]) == 2  # fmt: skip
+        assert "--ventricles LO HI must satisfy" in capsys.readouterr().err
 
 
 def test_erosion_removes_boundary_tissue_to_the_target() -> None:

@@ -146,6 +146,34 @@ def test_two_stage_training_resumes_and_samples(
     assert main(["train", "diffusion", *base, "--steps", "4", "--default-guidance", "2"]) == 2  # no dropout
 
 
+def test_training_reads_several_folders_and_records_each(
+    phantom_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data A B trains on both folders (A's subjects, then B's); model.json names each with its hash."""
+    import hashlib
+
+    import brainsynth.local_commands as cli
+    from models.catalogue.config import TrainingProvenance
+    from models.training.data import load_training_set
+
+    monkeypatch.setitem(cli.PRESETS, "demo", tiny_config)
+    ends = write_phantom_cohort(3, 11, tmp_path / "ends", tiny_config(), range_fraction=1.0,
+                                ventricle_range=(7_000.0, 9_000.0))  # fmt: skip
+    both = load_training_set([phantom_set, ends], tiny_config())
+    alone = load_training_set(ends, tiny_config())
+    assert len(both.participant_ids) == 13 and torch.equal(both.images[10:], alone.images)
+    assert torch.equal(both.conditioning[10:], alone.conditioning)
+    model_dir = tmp_path / "model"
+    base = ["--model-dir", str(model_dir), "--batch-size", "2", "--device", "cpu", "--steps", "1"]
+    assert main(["train", "autoencoder", "--data", str(phantom_set), str(ends), *base]) == 0
+    (run,) = read_model_config(model_dir).training
+    hashes = tuple(hashlib.sha256((d / "participants.tsv").read_bytes()).hexdigest() for d in (phantom_set, ends))
+    assert (run.data, run.subjects, run.participants_sha256) == ((str(phantom_set), str(ends)), 13, hashes)
+    assert str(ends) in read_model_config(model_dir).description
+    with pytest.raises(ValueError, match="one hash per training folder"):
+        TrainingProvenance(stage="diffusion", data=("a", "b"), subjects=2, participants_sha256=hashes[0], steps=1)
+
+
 def test_training_data_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "autoencoder", "--data", str(tmp_path), "--model-dir", str(tmp_path / "m"), "--steps", "1"])
     assert code == 1
