@@ -6,26 +6,31 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= out/demo-cohort
 
-# How the shipped demo model (models/zoo/demo) is made; see README "The demo model". 0.4.1 is the UNet of 0.3.1
+# How the shipped demo model (models/zoo/demo) is made; see README "The demo model". 0.4.2 is the UNet of 0.3.1
 # (which git keeps at DEMO_BASE_COMMIT; it keeps its autoencoder) fine-tuned with condition dropout on phantoms that
-# cover the demo's whole accepted range: DEMO_GUIDED_STEPS steps (that was demo 0.4.0), then DEMO_FINETUNE_STEPS
-# more with another seed; the probe learns the phantoms and their reconstructions (--decoded); the default guidance
-# is the one `brainsynth evaluate --guidance` chose.
+# cover the demo's whole accepted range: DEMO_GUIDED_STEPS steps (that was demo 0.4.0), DEMO_FINETUNE_STEPS more with
+# another seed (0.4.1), then DEMO_ENDS_STEPS more on those phantoms and on phantoms at both ends of the ventricle
+# range (0.4.2); the probe learns all the phantoms and their reconstructions (--decoded); the default guidance is
+# the one `brainsynth evaluate --guidance` chose.
 DEMO_DATA ?= data/phantoms-v3-4mm
+DEMO_LOW_DATA ?= data/phantoms-v4-low
+DEMO_HIGH_DATA ?= data/phantoms-v4-high
 DEMO_PROBE_DATA ?= data/phantoms-v3-4mm-probe
 DEMO_BASE ?= data/demo-model-0.3.1
 DEMO_BASE_COMMIT ?= d55347d
 DEMO_GUIDED ?= data/demo-model-0.4.0
 DEMO_GUIDED_STEPS ?= 1600
-DEMO_MODEL ?= data/demo-model-0.4.1
+DEMO_TUNED ?= data/demo-model-0.4.1
 DEMO_FINETUNE_STEPS ?= 2400
+DEMO_MODEL ?= data/demo-model-0.4.2
+DEMO_ENDS_STEPS ?= 2400
 DEMO_CONDITION_DROPOUT ?= 0.1
 DEMO_GUIDANCE ?= 3
-DEMO_PROBE_STEPS ?= 8000
+DEMO_PROBE_STEPS ?= 12000
 DEMO_DESCRIPTION ?= Small brain LDM with the topology of Pinaya et al. 2022 at 4 mm, for CPU demos, trained for \
-classifier-free guidance on MNI152 phantoms covering its whole accepted range; at its default guidance 3 it follows \
-ventricular volume (r 0.97) and brain volume (r 0.96) by its volume probe, reading ventricles up to 41 % high at the \
-ends of the range
+classifier-free guidance on MNI152 phantoms covering its whole accepted range, more of them at the ends of the \
+ventricle range; at its default guidance 3 it follows ventricular volume (r 0.99) and brain volume (r 0.98) by its \
+volume probe, the ends of the ventricle range within 9 %
 DEMO_INTENDED_USE ?= synthetic data for research use only; not for clinical use; a demonstration model trained on \
 MNI152 phantoms, not on real subjects
 
@@ -97,18 +102,24 @@ demo: install
 
 demo-model: install
 	$(BIN)/brainsynth phantoms --n 400 --seed 2027 --out $(DEMO_DATA)
+	$(BIN)/brainsynth phantoms --n 120 --seed 2031 --range-fraction 1 --ventricles 5000 12000 --out $(DEMO_LOW_DATA)
+	$(BIN)/brainsynth phantoms --n 80 --seed 2033 --range-fraction 1 --ventricles 50000 65000 --out $(DEMO_HIGH_DATA)
 	$(BIN)/brainsynth phantoms --n 160 --seed 3031 --out $(DEMO_PROBE_DATA)
 	mkdir -p $(DEMO_BASE)
 	for f in model.json autoencoder.pt model.pt; do git show $(DEMO_BASE_COMMIT):models/zoo/demo/$$f > $(DEMO_BASE)/$$f; done
 	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_GUIDED) --preset demo \
 		--name demo --version 0.4.0 --init-from $(DEMO_BASE) --steps $(DEMO_GUIDED_STEPS) --batch-size 16 --seed 2 \
 		--device cpu --condition-dropout $(DEMO_CONDITION_DROPOUT)
-	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_MODEL) --preset demo \
-		--name demo --version 0.4.1 --description "$(DEMO_DESCRIPTION)" --intended-use "$(DEMO_INTENDED_USE)" \
-		--init-from $(DEMO_GUIDED) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 3 --device cpu \
-		--condition-dropout $(DEMO_CONDITION_DROPOUT) --default-guidance $(DEMO_GUIDANCE)
-	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) --validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL) \
-		--model $(DEMO_MODEL) --steps $(DEMO_PROBE_STEPS) --seed 0 --decoded
+	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) --model-dir $(DEMO_TUNED) --preset demo \
+		--name demo --version 0.4.1 --init-from $(DEMO_GUIDED) --steps $(DEMO_FINETUNE_STEPS) --batch-size 16 --seed 3 \
+		--device cpu --condition-dropout $(DEMO_CONDITION_DROPOUT)
+	$(BIN)/brainsynth train diffusion --data $(DEMO_DATA) $(DEMO_LOW_DATA) $(DEMO_HIGH_DATA) --model-dir $(DEMO_MODEL) \
+		--preset demo --name demo --version 0.4.2 --description "$(DEMO_DESCRIPTION)" \
+		--intended-use "$(DEMO_INTENDED_USE)" --init-from $(DEMO_TUNED) --steps $(DEMO_ENDS_STEPS) --batch-size 16 \
+		--seed 4 --device cpu --condition-dropout $(DEMO_CONDITION_DROPOUT) --default-guidance $(DEMO_GUIDANCE)
+	$(BIN)/brainsynth train volumes --data $(DEMO_DATA) $(DEMO_LOW_DATA) $(DEMO_HIGH_DATA) \
+		--validation $(DEMO_PROBE_DATA) --out $(DEMO_MODEL) --model $(DEMO_MODEL) --steps $(DEMO_PROBE_STEPS) \
+		--seed 0 --decoded
 	mkdir -p models/zoo/demo
 	cp $(DEMO_MODEL)/model.json $(DEMO_MODEL)/autoencoder.pt $(DEMO_MODEL)/model.pt \
 		$(DEMO_MODEL)/volume_probe.json $(DEMO_MODEL)/volume_probe.pt models/zoo/demo/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from brainsynth.cli import main
 from models.catalogue.registry import ZOO_DIR, resolve_model_dir
 from models.cohort.conditioning import Covariates
 from models.inference.pipeline import BrainLDMPipeline
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_model_is_shipped_and_listed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,9 +43,7 @@ def test_demo_model_samples_brain_like_volumes() -> None:
 
 def _makefile_variables() -> dict[str, str]:
     """The Makefile's ``NAME ?= value`` settings, continuation lines joined by a space as make joins them."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     variables = {}
     for line in text.splitlines():
         name, sep, value = line.partition("?=")
@@ -53,9 +54,7 @@ def _makefile_variables() -> dict[str, str]:
 
 def recipe_commands(target: str, command: str) -> str:
     """The lines of the Makefile's ``target`` recipe that run ``brainsynth COMMAND`` (continuations joined)."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     recipe = text.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
     return "\n".join(line for line in recipe.splitlines() if f"brainsynth {command}" in line)
 
@@ -68,22 +67,36 @@ def test_the_shipped_demo_model_is_what_make_demo_model_makes() -> None:
 
     recipe = _makefile_variables()
     config = read_model_config(ZOO_DIR / "demo")
-    assert (config.name, config.version) == ("demo", "0.4.1")
+    assert (config.name, config.version) == ("demo", "0.4.2")
     assert config.description == recipe["DEMO_DESCRIPTION"] and config.intended_use == recipe["DEMO_INTENDED_USE"]
     assert config.guidance is not None
     assert config.guidance.condition_dropout == float(recipe["DEMO_CONDITION_DROPOUT"])
     assert config.guidance.default_scale == float(recipe["DEMO_GUIDANCE"])
     last = config.training[-1]
+    all_data = (recipe["DEMO_DATA"], recipe["DEMO_LOW_DATA"], recipe["DEMO_HIGH_DATA"])
     assert (last.stage, last.data, last.steps, last.init_from) == (
-        "diffusion", recipe["DEMO_DATA"], int(recipe["DEMO_FINETUNE_STEPS"]), recipe["DEMO_GUIDED"]
+        "diffusion", all_data, int(recipe["DEMO_ENDS_STEPS"]), recipe["DEMO_TUNED"]
     )  # fmt: skip
-    # the guided fine-tune it continues started from 0.3.1 (the recipe's first diffusion command)
-    first = recipe_commands("demo-model", "train diffusion").splitlines()[0]
-    assert "--model-dir $(DEMO_GUIDED)" in first and "--init-from $(DEMO_BASE)" in first
+    from models.catalogue.weights import sha256_file
+
+    for folder, digest in zip(all_data, last.participants_sha256, strict=True):
+        if (ROOT / folder / "participants.tsv").is_file():  # the phantoms, where this machine made them
+            assert sha256_file(ROOT / folder / "participants.tsv") == digest
+    # the chain it continues: 0.3.1 -> 0.4.0 (guided) -> 0.4.1 -> this, each the previous command's model
+    chain = recipe_commands("demo-model", "train diffusion").splitlines()
+    assert "--model-dir $(DEMO_GUIDED)" in chain[0] and "--init-from $(DEMO_BASE)" in chain[0]
+    assert "--model-dir $(DEMO_TUNED)" in chain[1] and "--init-from $(DEMO_GUIDED)" in chain[1]
+    assert "--model-dir $(DEMO_MODEL)" in chain[2] and "--init-from $(DEMO_TUNED)" in chain[2]
+    assert "--data $(DEMO_DATA) $(DEMO_LOW_DATA) $(DEMO_HIGH_DATA)" in chain[2]
+    # the end phantoms are made by the recipe, at the ends of the accepted ventricle range
+    phantoms = recipe_commands("demo-model", "phantoms")
+    assert "--ventricles 5000 12000 --out $(DEMO_LOW_DATA)" in phantoms
+    assert "--ventricles 50000 65000 --out $(DEMO_HIGH_DATA)" in phantoms
     preset = demo()
     assert config.affine == preset.affine and config.conditioning == preset.conditioning
     probe = json.loads((ZOO_DIR / "demo" / "volume_probe.json").read_text())
     assert probe["steps"] == int(recipe["DEMO_PROBE_STEPS"]) and probe["seed"] == 0
     # the probe also learned the shipped autoencoder's reconstructions (train volumes --decoded)
     assert "--decoded" in recipe_commands("demo-model", "train volumes")
+    assert "--data $(DEMO_DATA) $(DEMO_LOW_DATA) $(DEMO_HIGH_DATA)" in recipe_commands("demo-model", "train volumes")
     assert config.weights is not None and probe["decoder_sha256"] == config.weights.autoencoder.sha256

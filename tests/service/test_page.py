@@ -87,7 +87,7 @@ def test_a_researcher_designs_watches_previews_and_downloads_a_cohort(page: obje
     page.select_option("#model", "demo")
     age_range = page.get_attribute("input[name='age.min']", "min"), page.get_attribute("input[name='age.max']", "max")
     assert age_range == ("44", "82")  # the demo model's documented range, from GET /v1/models
-    assert page.get_attribute("#guidance", "placeholder") == "3"  # demo 0.4.1's default guidance, offered
+    assert page.get_attribute("#guidance", "placeholder") == "3"  # the demo's default guidance (0.4.2: 3), offered
     page.fill("#n_subjects", "2")
     page.fill("#seed", "7")
     page.fill("#name", "browser test cohort")
