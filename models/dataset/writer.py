@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,8 +37,10 @@ from models.dataset.bids import (
     t1w_sidecar,
 )
 from models.dataset.qc import qc_files
-from models.dataset.segmentation import Samseg
+from models.dataset.segmentation import Samseg, SegmentationError
 from models.inference.pipeline import BrainLDMPipeline, ProgressCallback, SubjectSample
+
+_log = logging.getLogger(__name__)
 
 #: Measures a generated volume on the model grid: (ventricular, brain) volume in mm3 (:mod:`models.evaluation`).
 VolumeMeasure = Callable[[np.ndarray], tuple[float, float]]
@@ -164,7 +167,8 @@ def write_cohort(
     ``samseg`` (instead of ``measure``) each image is segmented as it is written, as the service's measuring
     workers do: its measurement goes into its sidecar, its label map and volumes into ``derivatives/samseg/``;
     with ``max_attempts`` > 1 a subject SAMSEG measures outside tolerance is sampled again alone with its next
-    attempt's seed and segmented again, and the first passing attempt is kept, else the last.
+    attempt's seed and segmented again, and the first passing attempt is kept, else the last; a subject SAMSEG
+    cannot segment is kept not measured (logged), and the cohort goes on.
     """
     out_dir = require_empty_folder(out_dir)
     config = pipeline.config
@@ -208,7 +212,13 @@ def write_cohort(
             if samseg is not None:
                 pid, first_seed = spec.participant_id, spec.seed
                 while True:
-                    _, measured, derived = samseg.segment(pid, files[t1w_path(pid)], qc_tolerance)
+                    try:
+                        _, measured, derived = samseg.segment(pid, files[t1w_path(pid)], qc_tolerance)
+                    except SegmentationError as err:  # kept, not measured, as the service's measuring workers do
+                        _log.warning("SAMSEG could not segment %s (attempt %d): kept not measured: %s", pid,
+                                     attempt, str(err)[:300])  # fmt: skip
+                        measured = None
+                        break
                     if measured.qc(spec.covariates) == QC_PASS or attempt >= max_attempts:
                         break  # the first passing attempt, else the last (as the service's measuring workers)
                     attempt += 1
@@ -218,10 +228,11 @@ def write_cohort(
                                          batch_size=1, extrapolate=extrapolate)  # fmt: skip
                     made_by = replace(settings, batch_size=1)
                     record, files = subject_files(config, spec, sample, made_by, str(pipeline.device), None, attempt)
-                record = replace(record, measurement=measured)
-                sidecar = measured_sidecar(pid, json.loads(files[sidecar_path(pid)]), measured)
-                image = files[t1w_path(pid)]
-                files = {t1w_path(pid): image, **derived, sidecar_path(pid): dumps(sidecar).encode()}  # sidecar last
+                if measured is not None:
+                    record = replace(record, measurement=measured)
+                    sidecar = measured_sidecar(pid, json.loads(files[sidecar_path(pid)]), measured)
+                    image = files[t1w_path(pid)]
+                    files = {t1w_path(pid): image, **derived, sidecar_path(pid): dumps(sidecar).encode()}  # last
             for relative, content in files.items():  # the sidecar comes last: it marks the subject done
                 (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 (out_dir / relative).write_bytes(content)

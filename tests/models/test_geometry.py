@@ -84,8 +84,8 @@ def test_a_demo_cohort_lies_on_mni152_through_its_own_affine(tmp_path: Path) -> 
         dilated.append(near_brain)
         assert np.linalg.norm(centroid - np.asarray(MNI_BRAIN_CENTRE_MM)) < 5, (spec.participant_id, centroid)
     # brain and its boundary, every subject; inside the brain mask, on average. Demo 0.4.1 (0.4.2 passes the same
-    # bounds) follows its ventricle and brain requests, and the subject asked for 62,515 mm3 of ventricles and a small brain (1,347,641 mm3)
-    # correlates least (0.28 inside the mask, 0.41 with its boundary; the others 0.55-0.76 and 0.69-0.87): the
-    # centroids above are the geometry, these its bounds
+    # bounds) follows its ventricle and brain requests, and the subject asked for 62,515 mm3 of ventricles and a
+    # small brain (1,347,641 mm3) correlates least (0.28 inside the mask, 0.41 with its boundary; the others
+    # 0.55-0.76 and 0.69-0.87): the centroids above are the geometry, these its bounds
     assert min(dilated) >= 0.38, dilated
     assert float(np.mean(brains)) >= 0.55, brains

@@ -210,6 +210,38 @@ def test_a_local_cohort_measured_by_samseg_carries_its_derivatives(tiny_model_di
     assert {dseg_path("sub-000001"), volumes_path("sub-000002"), "derivatives/samseg/dseg.tsv"} <= listed
 
 
+def test_a_subject_samseg_cannot_segment_is_kept_not_measured(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """write_cohort with a SAMSEG that fails (killed, or an image it cannot read): the cohort is still written,
+    every subject kept with its image and sidecar but no measurement or derivatives, each failure logged."""
+    import csv
+
+    from models.cohort.design import CohortDesign, design_subjects
+    from models.dataset.segmentation import Label, Samseg
+    from models.dataset.writer import write_cohort
+    from models.inference.pipeline import BrainLDMPipeline
+
+    pipeline = BrainLDMPipeline.from_dir(tiny_model_dir)
+    subjects = design_subjects(CohortDesign(2, seed=1), pipeline.config.conditioning)
+    samseg = Samseg(stand_in(tmp_path, "fail"), "0.4a0", (Label(4, "Left-Lateral-Ventricle", "#781286"),))
+    with caplog.at_level("WARNING", logger="models.dataset.writer"):
+        out = write_cohort(pipeline, subjects, tmp_path / "cohort", num_inference_steps=2, samseg=samseg,
+                           max_attempts=3)  # fmt: skip
+    rows = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
+    assert [r["participant_id"] for r in rows] == ["sub-000001", "sub-000002"]
+    assert all(r.get("measured_ventricular_volume_mm3", "n/a") in ("", "n/a") for r in rows), rows
+    for pid in ("sub-000001", "sub-000002"):
+        assert "Measured" not in json.loads((out / pid / "anat" / f"{pid}_T1w.json").read_text())
+        assert not (out / dseg_path(pid)).exists()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "SAMSEG could not segment sub-000001",
+        "SAMSEG could not segment sub-000002",
+    ]
+    assert "exited with code 3" in caplog.records[0].getMessage()
+    assert (out / "SHA256SUMS").is_file()
+
+
 def seeds_by_parity(parities: list[str], count: int, max_attempts: int) -> list[int]:
     """The first ``count`` seeds whose attempts' seeds (:func:`attempt_seed`, 1..``max_attempts``) have the given
     parities, one pattern per subject: e.g. ``"o"`` passes the seed-parity stand-in at once, ``"eo"`` at the second
